@@ -1,0 +1,1 @@
+"""dcfleet agents: the processes of an emulated datacenter control plane."""

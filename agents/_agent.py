@@ -1,0 +1,257 @@
+"""Base of every agent process: bus connection, events, commands, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.msg import Msg
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+import proto
+from proto import subjects
+
+from ._config import ClusterConfig
+
+Handler = Callable[[Any, Msg], Awaitable[dict[str, Any] | None]]
+
+# A silent network cut is noticed after ping_interval x max_outstanding_pings
+# seconds, instead of nats-py's default of about four minutes.
+PING_INTERVAL_S = 1
+MAX_OUTSTANDING_PINGS = 3
+
+
+class CommandFailed(RuntimeError):
+    """A command reached its agent and the agent returned an error."""
+
+    def __init__(self, subject: str, error: str) -> None:
+        self.subject = subject
+        self.error = error
+        super().__init__(f"{subject}: {error}")
+
+
+class CommandTimeout(RuntimeError):
+    """No agent answered a command in time; the caller may retry."""
+
+    def __init__(self, subject: str, timeout_s: float) -> None:
+        self.subject = subject
+        self.timeout_s = timeout_s
+        super().__init__(f"{subject}: no reply within {timeout_s} s")
+
+
+class HandlerError(Exception):
+    """Raised by a handler to return an error reply without logging a traceback."""
+
+
+async def connect(url: str, name: str, log: Any) -> nats.NATS:
+    async def on_error(exc: Exception) -> None:
+        log.warning("bus.error", error=str(exc), error_type=type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("bus.disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("bus.reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+    )
+
+
+async def ensure_event_stream(js: Any) -> None:
+    config = StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.EVENTS_ALL],
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # The stream exists with another configuration; use it as it is.
+        await js.stream_info(subjects.EVENTS_STREAM)
+
+
+class Agent:
+    """One agent process. Subclasses set `kind` and fill start() and stop()."""
+
+    kind = "agent"
+
+    def __init__(self, config: ClusterConfig, agent_id: str) -> None:
+        self.config = config
+        self.id = agent_id
+        self.source = f"{self.kind}.{agent_id}" if agent_id != self.kind else self.kind
+        self.clock = config.clock
+        self.log = structlog.get_logger().bind(agent=self.source)
+        self.nc: nats.NATS | None = None
+        self.js: Any = None
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = asyncio.Event()
+        self._stop_reason = "signal"
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.request_stop, f"signal {signal.Signals(signum).name}")
+        self.nc = await connect(self.config.nats_url, self.source, self.log)
+        self.js = self.nc.jetstream()
+        await ensure_event_stream(self.js)
+        try:
+            await self.start()
+            await self.publish(proto.AgentStarted(agent=self.source, kind=self.kind, pid=os.getpid()))
+            self.log.info("agent.started", pid=os.getpid())
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self._stop_reason = reason
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.stop()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.nc is not None and self.nc.is_connected:
+                try:
+                    await self.publish(
+                        proto.AgentStopped(agent=self.source, kind=self.kind, reason=self._stop_reason)
+                    )
+                except Exception as exc:  # the broker may already be gone
+                    self.log.warning("agent.stop_event_failed", error=str(exc))
+                # drain() flushes what the client still buffers; close() alone can drop it.
+                await self.nc.drain()
+            self.log.info("agent.stopped", reason=self._stop_reason)
+
+    async def start(self) -> None:
+        """Subscribe and start background work."""
+
+    async def stop(self) -> None:
+        """Finish in-flight work before the connection drains."""
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("task.crashed", task=task.get_name(), error=repr(exc), exc_info=exc)
+
+    # ---- messages ----------------------------------------------------------
+
+    def envelope(self, message: proto.Message) -> bytes:
+        return proto.encode(proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data()))
+
+    async def publish(self, message: proto.Message) -> None:
+        """Publish an event to the durable event stream and wait for its ack."""
+        envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
+        await self.js.publish(
+            subjects.event(message.TYPE),
+            proto.encode(envelope),
+            headers={"Nats-Msg-Id": envelope.id},
+        )
+
+    async def request(self, subject: str, message: proto.Message, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Send a command and return the result of a successful reply."""
+        try:
+            reply_msg = await self.nc.request(subject, self.envelope(message), timeout=timeout_s)
+        except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise CommandTimeout(subject, timeout_s) from None
+        try:
+            reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)
+        except proto.MessageRejected as exc:
+            raise CommandFailed(subject, f"invalid reply: {exc}") from None
+        if not reply.ok:
+            raise CommandFailed(subject, reply.error)
+        return reply.result
+
+    async def serve(
+        self,
+        subject: str,
+        handlers: dict[type[proto.Message], Handler],
+        *,
+        concurrent: bool = True,
+        queue: str = "",
+    ) -> None:
+        """Subscribe to commands and dispatch each by its message type.
+
+        Malformed or unexpected messages get an error reply and an
+        `agent.message_rejected` event; the agent keeps running.
+        """
+
+        async def on_message(msg: Msg) -> None:
+            if concurrent:
+                self.spawn(self._dispatch(msg, handlers), f"handle {msg.subject}")
+            else:
+                await self._dispatch(msg, handlers)
+
+        await self.nc.subscribe(subject, queue=queue, cb=on_message)
+
+    async def _dispatch(self, msg: Msg, handlers: dict[type[proto.Message], Handler]) -> None:
+        try:
+            envelope = proto.decode(msg.data)
+            message = proto.parse(envelope)
+            handler = handlers.get(type(message))
+            if handler is None:
+                raise proto.MessageRejected("unexpected-type", f"{envelope.type!r} is not served on {msg.subject}")
+        except proto.MessageRejected as exc:
+            await self.reject(msg, exc)
+            return
+        self.log.debug("command.received", subject=msg.subject, type=envelope.type, id=envelope.id)
+        try:
+            result = await handler(message, msg)
+        except HandlerError as exc:
+            await self._reply(msg, proto.Reply(ok=False, error=str(exc)))
+            return
+        except Exception as exc:
+            self.log.exception("command.failed", subject=msg.subject, type=envelope.type)
+            await self._reply(msg, proto.Reply(ok=False, error=f"internal error: {exc!r}"))
+            return
+        await self._reply(msg, proto.Reply(ok=True, result=result or {}))
+
+    async def reject(self, msg: Msg, exc: proto.MessageRejected) -> None:
+        self.log.warning("message.rejected", subject=msg.subject, reason=exc.reason, detail=exc.detail)
+        await self._reply(msg, proto.Reply(ok=False, error=f"rejected: {exc}"))
+        try:
+            await self.publish(
+                proto.AgentMessageRejected(
+                    agent=self.source, subject=msg.subject, reason=exc.reason, detail=exc.detail[:500]
+                )
+            )
+        except Exception as publish_exc:
+            self.log.warning("event.publish_failed", error=str(publish_exc))
+
+    async def _reply(self, msg: Msg, reply: proto.Reply) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(self.envelope(reply))
+        except Exception as exc:
+            self.log.warning("reply.failed", subject=msg.subject, error=str(exc))

@@ -1,0 +1,93 @@
+"""`dcfleet events`: print the cluster's event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import fnmatch
+import json
+import sys
+from typing import Any
+
+import nats
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+import proto
+from proto import subjects
+
+from ._locate import broker_url
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def format_event(seq: int, envelope: proto.Envelope, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({
+            "seq": seq,
+            "id": envelope.id,
+            "type": envelope.type,
+            "time": envelope.time,
+            "source": envelope.source,
+            "data": _jsonable(envelope.data),
+        }, separators=(",", ":"))
+    stamp = dt.datetime.fromtimestamp(envelope.time, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    fields = " ".join(f"{k}={json.dumps(_jsonable(v), separators=(',', ':'))}" for k, v in envelope.data.items())
+    return f"{seq:>7} {stamp} {envelope.type:<24} {envelope.source:<14} {fields}"
+
+
+async def print_events(
+    state_dir: str | None, nats_url: str | None, follow: bool, as_json: bool, pattern: str | None
+) -> int:
+    async with broker_url(state_dir, nats_url) as url:
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+        try:
+            return await _print_from(nc, follow, as_json, pattern)
+        finally:
+            await nc.drain()
+
+
+async def _print_from(nc: Any, follow: bool, as_json: bool, pattern: str | None) -> int:
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+    except NotFoundError:
+        print(f"error: the broker has no {subjects.EVENTS_STREAM} stream; is this a dcfleet cluster?", file=sys.stderr)
+        return 1
+    last_seq = info.state.last_seq
+    if last_seq == 0 and not follow:
+        return 0
+    subscription = await js.subscribe(subjects.EVENTS_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        while True:
+            try:
+                msg = await subscription.next_msg(timeout=None if follow else 10)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                print(f"error: timed out reading the event stream at sequence {last_seq}", file=sys.stderr)
+                return 1
+            seq = msg.metadata.sequence.stream
+            _print_one(seq, msg.data, as_json, pattern)
+            if not follow and seq >= last_seq:
+                return 0
+    finally:
+        await subscription.unsubscribe()
+
+
+def _print_one(seq: int, data: bytes, as_json: bool, pattern: str | None) -> None:
+    try:
+        envelope = proto.decode(data)
+    except proto.MessageRejected as exc:
+        print(f"warning: event {seq} is not a valid envelope: {exc}", file=sys.stderr)
+        return
+    if pattern and not fnmatch.fnmatchcase(envelope.type, pattern):
+        return
+    print(format_event(seq, envelope, as_json), flush=True)

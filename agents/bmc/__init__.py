@@ -1,0 +1,1 @@
+"""BMC agent: one Redfish service per host."""

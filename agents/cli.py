@@ -1,0 +1,147 @@
+"""The `dcfleet` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from . import _log
+from ._config import ConfigError, default_state_dir
+from ._nats_server import NatsServerError
+from ._workload import TraceError
+
+AGENT_KINDS = ("host", "bmc", "dpu", "migration", "power")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _size_bytes(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
+    try:
+        value = int(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use bytes or a K, M or G suffix") from None
+    if value <= 0 or value % 4096:
+        raise argparse.ArgumentTypeError(f"size {text} must be a positive multiple of 4 KiB")
+    return value
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", metavar="DIR",
+        help=f"state dir of the cluster (default: {default_state_dir()}, or $DCFLEET_STATE_DIR)",
+    )
+    parser.add_argument("--nats", metavar="URL", help="broker URL; overrides the one recorded in the state dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcfleet",
+        description="Emulate a virtualized datacenter's control plane: host, BMC, DPU, migration and "
+        "power agents as separate processes on a NATS bus.",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = commands.add_parser(
+        "up", help="start a cluster and supervise it until Ctrl-C or --duration",
+        description="Start a broker (unless --nats) and every agent as its own process, print a live "
+        "summary, and stop everything on Ctrl-C, SIGTERM or when --duration ends. Each run "
+        "replaces the event history kept in the state dir.",
+    )
+    up.add_argument("--hosts", type=_positive_int, default=3, help="number of hosts (default: 3)")
+    up.add_argument("--vms", type=int, default=None,
+                    help="number of VMs, one per trace file (default: 4 per host, at most the files in --trace)")
+    up.add_argument("--trace", metavar="DIR", type=Path,
+                    help="directory of PlanetLab-format CPU traces (default: the shipped 34-VM sample)")
+    up.add_argument("--time-scale", type=_positive_float, default=300.0,
+                    help="simulated seconds per real second (default: 300, one trace step per second)")
+    up.add_argument("--duration", type=_positive_float, metavar="SECONDS",
+                    help="stop after this many real seconds (default: run until Ctrl-C)")
+    up.add_argument("--vm-memory", type=_size_bytes, default=4 * 1024**2, metavar="SIZE",
+                    help="bytes of real memory per VM, e.g. 4M (default: 4M)")
+    up.add_argument("--host-memory", type=_size_bytes, default=256 * 1024**2, metavar="SIZE",
+                    help="memory per host available to VMs, e.g. 256M (default: 256M)")
+    up.add_argument("--power-interval", type=_positive_float, default=3.0, metavar="SECONDS",
+                    help="real seconds between power evaluations (default: 3)")
+    _add_cluster_options(up)
+
+    events = commands.add_parser(
+        "events", help="print the cluster's event stream",
+        description="Print events from the cluster's durable stream, while it runs or after it stopped.",
+    )
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--type", metavar="PATTERN", help="only event types matching this glob, e.g. 'host.*'")
+    _add_cluster_options(events)
+
+    agent = commands.add_parser("agent", help="run one agent process (used by `dcfleet up`)")
+    agent.add_argument("kind", choices=AGENT_KINDS)
+    agent.add_argument("--id", help="agent id; for a host agent, the host id (e.g. h1)")
+    agent.add_argument("--state-dir", metavar="DIR", required=True, help="state dir of the cluster")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, TraceError, NatsServerError) as exc:
+        print(f"dcfleet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`); exit without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from ._locate import resolve_state_dir
+
+    if args.command == "up":
+        from ._up import UpOptions, run
+
+        _log.configure(args.log_level, agent="up")
+        options = UpOptions(
+            state_dir=resolve_state_dir(args.state_dir), hosts=args.hosts, vms=args.vms,
+            trace_dir=args.trace, time_scale=args.time_scale, duration_s=args.duration,
+            nats_url=args.nats, vm_memory_bytes=args.vm_memory, host_memory_bytes=args.host_memory,
+            power_interval_s=args.power_interval,
+        )
+        return run(options)
+    if args.command == "events":
+        from ._events import print_events
+
+        try:
+            return asyncio.run(print_events(args.state_dir, args.nats, args.follow, args.json, args.type))
+        except KeyboardInterrupt:
+            return 0
+    if args.command == "agent":
+        from ._runner import run_agent
+
+        return run_agent(args.kind, args.id, Path(args.state_dir), args.log_level)
+    raise AssertionError(args.command)

@@ -1,0 +1,1 @@
+"""DPU agent: the DPUs of the cluster, one per host."""

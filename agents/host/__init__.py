@@ -1,0 +1,1 @@
+"""Host agent: boots through a signature chain, runs VMs, migrates their memory."""

@@ -1,0 +1,1 @@
+"""Migration coordinator: moves VMs between hosts without losing them."""

@@ -1,0 +1,1 @@
+"""Cluster power manager: places VMs and powers hosts on and off."""

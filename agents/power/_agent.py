@@ -1,0 +1,247 @@
+"""The cluster power manager process: placement, evaluation, power changes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+import proto
+from proto import subjects
+
+from .._agent import Agent, CommandFailed, CommandTimeout
+from .._config import ClusterConfig
+from .._workload import vm_specs
+from ..host._hardware import power_watts
+from ._policy import HostState, PowerSettings, Recommendation, VmLoad, evaluate
+
+HOST_READY_TIMEOUT_S = 60.0
+MIGRATION_TIMEOUT_S = 150.0
+REDFISH_TIMEOUT_S = 10.0
+
+
+class BmcError(RuntimeError):
+    """A Redfish request to a BMC failed; the power change did not happen."""
+
+
+class PowerManager(Agent):
+    kind = "power"
+
+    def __init__(self, config: ClusterConfig, agent_id: str = "power") -> None:
+        super().__init__(config, agent_id)
+        self.settings = PowerSettings(
+            config.power.target_utilization, config.power.tolerance, config.power.min_hosts_on
+        )
+        self.specs = vm_specs(config.vms)
+        # VM -> (simulated time, demand in MIPS) samples, and the host that last reported it.
+        self.demand: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=4096))
+        self.location: dict[str, str] = {}
+        self.heartbeats: dict[str, proto.HostHeartbeat] = {}
+        self.failed_boot: set[str] = set()
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        password = Path(self.config.bmc_password_file()).read_text().strip()
+        self.http = aiohttp.ClientSession(
+            auth=aiohttp.BasicAuth(self.config.bmc_username, password),
+            timeout=aiohttp.ClientTimeout(total=REDFISH_TIMEOUT_S),
+        )
+        await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
+        await self.nc.subscribe(subjects.event(proto.HostBootFailed.TYPE), cb=self._on_boot_failed)
+        self.spawn(self.main(), "power-main")
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        try:
+            heartbeat = proto.parse(proto.decode(msg.data), proto.HostHeartbeat)
+        except proto.MessageRejected as exc:
+            await self.reject(msg, exc)
+            return
+        self.heartbeats[heartbeat.host] = heartbeat
+        for vm, demand in heartbeat.vms.items():
+            if isinstance(demand, (int, float)):
+                self.demand[vm].append((heartbeat.sim_time, float(demand)))
+                self.location[vm] = heartbeat.host
+
+    async def _on_boot_failed(self, msg: Any) -> None:
+        try:
+            event = proto.parse(proto.decode(msg.data), proto.HostBootFailed)
+        except proto.MessageRejected as exc:
+            await self.reject(msg, exc)
+            return
+        self.failed_boot.add(event.host)
+
+    # ---- startup ------------------------------------------------------------
+
+    async def main(self) -> None:
+        statuses = await self.wait_for_hosts()
+        await self.place_vms(statuses)
+        interval = max(self.config.power.interval_s, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            await self.evaluate_once()
+
+    async def wait_for_hosts(self) -> dict[str, dict[str, Any]]:
+        """Poll every host until each has booted or failed to boot."""
+        deadline = time.monotonic() + HOST_READY_TIMEOUT_S
+        statuses: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline:
+            for host in self.config.hosts:
+                try:
+                    statuses[host.id] = await self.request(
+                        subjects.host_command(host.id, "status"), proto.HostStatusRequest(), 2.0
+                    )
+                except (CommandFailed, CommandTimeout):
+                    continue
+            pending = [
+                h.id for h in self.config.hosts
+                if not statuses.get(h.id, {}).get("booted") and h.id not in self.failed_boot
+            ]
+            if not pending:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            self.log.warning("hosts.not_ready", hosts=pending)
+        return statuses
+
+    async def place_vms(self, statuses: dict[str, dict[str, Any]]) -> None:
+        """Spread VMs over the booted hosts, round-robin, skipping VMs already running."""
+        running = {vm for s in statuses.values() for vm in s.get("vms", {})}
+        hosts = [h for h in self.config.hosts if statuses.get(h.id, {}).get("booted")]
+        if not hosts:
+            self.log.error("placement.no_hosts", vms=len(self.specs))
+            return
+        free = {h.id: h.memory_bytes - statuses[h.id].get("memory_used_bytes", 0) for h in hosts}
+        turn = 0
+        for vm_id, spec in self.specs.items():
+            if vm_id in running:
+                continue
+            for attempt in range(len(hosts)):
+                host = hosts[(turn + attempt) % len(hosts)]
+                if free[host.id] >= spec["memory_bytes"]:
+                    break
+            else:
+                self.log.error("placement.no_room", vm=vm_id, memory_bytes=spec["memory_bytes"])
+                continue
+            turn = (turn + attempt + 1) % len(hosts)
+            try:
+                await self.request(subjects.host_command(host.id, "vm_create"), proto.VmCreate(vm=vm_id, **spec), 10.0)
+            except (CommandFailed, CommandTimeout) as exc:
+                self.log.error("placement.failed", vm=vm_id, host=host.id, error=str(exc))
+                continue
+            free[host.id] -= spec["memory_bytes"]
+            self.location[vm_id] = host.id
+
+    # ---- evaluation ---------------------------------------------------------
+
+    def host_states(self, window_s: float) -> list[HostState]:
+        now = max((hb.sim_time for hb in self.heartbeats.values()), default=0.0)
+        states = []
+        for host in self.config.hosts:
+            heartbeat = self.heartbeats.get(host.id)
+            powered_on = heartbeat is not None and heartbeat.power_state == "On"
+            available = host.id not in self.failed_boot and (heartbeat is None or heartbeat.booted or not powered_on)
+            vms = tuple(
+                VmLoad(vm, self._mean_demand(vm, now - window_s), self.specs[vm]["memory_bytes"])
+                for vm in (heartbeat.vms if heartbeat and powered_on else {})
+                if vm in self.specs
+            )
+            states.append(
+                HostState(host.id, powered_on, available, host.cpu_mips_total, host.memory_bytes, vms,
+                          power_watts(host.model, 0.0))
+            )
+        return states
+
+    def _mean_demand(self, vm: str, since: float) -> float:
+        samples = [d for t, d in self.demand[vm] if t >= since]
+        if not samples and self.demand[vm]:
+            samples = [self.demand[vm][-1][1]]
+        return sum(samples) / len(samples) if samples else 0.0
+
+    async def evaluate_once(self) -> None:
+        if len(self.heartbeats) < len(self.config.hosts):
+            return
+        power = self.config.power
+        # A power-on decision looks at recent demand, a power-off decision at a longer history.
+        recommendation = evaluate(self.host_states(power.power_on_window_s), self.settings)
+        if recommendation is None or recommendation.action != "power_on":
+            candidate = evaluate(self.host_states(power.power_off_window_s), self.settings)
+            if candidate is not None and candidate.action == "power_off":
+                recommendation = candidate
+            elif recommendation is not None and recommendation.action != "power_on":
+                recommendation = None
+        if recommendation is None:
+            return
+        await self.publish(
+            proto.PowerRecommendation(
+                action=recommendation.action,
+                host=recommendation.host,
+                reason=recommendation.reason,
+                scores=recommendation.scores,
+                moves=[[m.vm, m.source, m.destination] for m in recommendation.moves],
+                carried_out=True,
+            )
+        )
+        self.log.info("power.recommendation", action=recommendation.action, host=recommendation.host,
+                      reason=recommendation.reason)
+        try:
+            if recommendation.action == "power_off":
+                await self.power_off(recommendation)
+            else:
+                await self.power_on(recommendation)
+        except (BmcError, CommandFailed, CommandTimeout) as exc:
+            self.log.warning("power.action_failed", action=recommendation.action, host=recommendation.host,
+                             error=str(exc))
+
+    async def power_off(self, recommendation: Recommendation) -> None:
+        for move in recommendation.moves:
+            await self.request(
+                subjects.MIGRATION_REQUEST,
+                proto.MigrationRequest(vm=move.vm, destination=move.destination, source=move.source),
+                MIGRATION_TIMEOUT_S,
+            )
+            self.location[move.vm] = move.destination
+        status = await self.request(subjects.host_command(recommendation.host, "status"), proto.HostStatusRequest())
+        if status["vms"]:
+            raise BmcError(f"host {recommendation.host} still runs {sorted(status['vms'])}; not powering it off")
+        await self.reset(recommendation.host, "ForceOff")
+        self.heartbeats.pop(recommendation.host, None)
+
+    async def power_on(self, recommendation: Recommendation) -> None:
+        await self.reset(recommendation.host, "On")
+        deadline = time.monotonic() + HOST_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            status = await self.request(subjects.host_command(recommendation.host, "status"), proto.HostStatusRequest())
+            if status["booted"]:
+                break
+            if recommendation.host in self.failed_boot:
+                raise BmcError(f"host {recommendation.host} failed to boot after power-on")
+            await asyncio.sleep(0.5)
+        else:
+            raise BmcError(f"host {recommendation.host} did not boot within {HOST_READY_TIMEOUT_S} s")
+        for move in recommendation.moves:
+            await self.request(
+                subjects.MIGRATION_REQUEST,
+                proto.MigrationRequest(vm=move.vm, destination=move.destination, source=move.source),
+                MIGRATION_TIMEOUT_S,
+            )
+
+    async def reset(self, host_id: str, reset_type: str) -> None:
+        """POST ComputerSystem.Reset to the host's BMC."""
+        host = self.config.host(host_id)
+        url = f"http://127.0.0.1:{host.bmc_port}/redfish/v1/Systems/{host_id}/Actions/ComputerSystem.Reset"
+        try:
+            async with self.http.post(url, json={"ResetType": reset_type}) as response:
+                if response.status >= 300:
+                    body = await response.text()
+                    raise BmcError(f"Reset {reset_type} of {host_id}: HTTP {response.status}: {body[:300]}")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise BmcError(f"Reset {reset_type} of {host_id}: BMC unreachable at {url}: {exc!r}") from None
+        self.log.info("power.reset", host=host_id, reset_type=reset_type)

@@ -1,0 +1,29 @@
+"""Wire protocol of dcfleet: the envelope, typed messages and subjects."""
+
+from . import subjects
+from ._envelope import (
+    ENVELOPE_VERSION,
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    MessageRejected,
+    decode,
+    encode,
+)
+from ._messages import MESSAGE_TYPES, Message, message, parse
+
+# Re-export every registered message class (HostBooted, Reply, ...).
+globals().update({cls.__name__: cls for cls in MESSAGE_TYPES.values()})
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "MAX_ENVELOPE_BYTES",
+    "MESSAGE_TYPES",
+    "Envelope",
+    "Message",
+    "MessageRejected",
+    "decode",
+    "encode",
+    "message",
+    "parse",
+    "subjects",
+] + sorted(cls.__name__ for cls in MESSAGE_TYPES.values())
