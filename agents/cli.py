@@ -48,7 +48,7 @@ def _size_bytes(text: str) -> int:
     return value
 
 
-def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir", metavar="DIR",
         help=f"state dir of the cluster (default: {default_state_dir()}, or $DCFLEET_STATE_DIR)",
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="memory per host available to VMs, e.g. 256M (default: 256M)")
     up.add_argument("--power-interval", type=_positive_float, default=3.0, metavar="SECONDS",
                     help="real seconds between power evaluations (default: 3)")
-    _add_cluster_options(up)
+    add_cluster_options(up)
 
     events = commands.add_parser(
         "events", help="print the cluster's event stream",
@@ -95,13 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--type", metavar="PATTERN", help="only event types matching this glob, e.g. 'host.*'")
-    _add_cluster_options(events)
+    add_cluster_options(events)
+
+    for module in _feature_modules():
+        module.add_parser(commands)
 
     agent = commands.add_parser("agent", help="run one agent process (used by `dcfleet up`)")
     agent.add_argument("kind", choices=AGENT_KINDS)
     agent.add_argument("--id", help="agent id; for a host agent, the host id (e.g. h1)")
     agent.add_argument("--state-dir", metavar="DIR", required=True, help="state dir of the cluster")
     return parser
+
+
+# Modules that each add one or more subcommands: `add_parser(commands)` registers
+# them and `run(args) -> int` runs one (args.command names it).
+FEATURE_COMMANDS: tuple[str, ...] = ()
+
+
+def _feature_modules() -> list:
+    import importlib
+
+    return [importlib.import_module(name) for name in FEATURE_COMMANDS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,4 +158,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ._runner import run_agent
 
         return run_agent(args.kind, args.id, Path(args.state_dir), args.log_level)
+    for module in _feature_modules():
+        if args.command in module.COMMANDS:
+            return module.run(args)
     raise AssertionError(args.command)

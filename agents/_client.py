@@ -1,0 +1,64 @@
+"""Client side of the bus for commands that talk to a running cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import nats
+
+import proto
+
+from ._agent import CommandFailed, CommandTimeout
+from ._config import ClusterConfig
+from ._locate import broker_url, resolve_state_dir
+
+
+class ClusterClient:
+    """A connection to a cluster's broker that sends commands and publishes events."""
+
+    def __init__(self, nc: nats.NATS, source: str, config: ClusterConfig | None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.source = source
+        self.config = config
+
+    def _encode(self, message: proto.Message) -> bytes:
+        return proto.encode(proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data()))
+
+    async def request(self, subject: str, message: proto.Message, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Send a command; return the reply's result or raise CommandFailed / CommandTimeout."""
+        try:
+            reply_msg = await self.nc.request(subject, self._encode(message), timeout=timeout_s)
+        except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise CommandTimeout(subject, timeout_s) from None
+        try:
+            reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)
+        except proto.MessageRejected as exc:
+            raise CommandFailed(subject, f"invalid reply: {exc}") from None
+        if not reply.ok:
+            raise CommandFailed(subject, reply.error)
+        return reply.result
+
+    async def publish_event(self, message: proto.Message) -> None:
+        envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
+        await self.js.publish(
+            proto.subjects.event(message.TYPE), proto.encode(envelope), headers={"Nats-Msg-Id": envelope.id}
+        )
+
+
+@asynccontextmanager
+async def cluster_client(
+    state_dir: str | None, nats_url: str | None, source: str = "cli"
+) -> AsyncIterator[ClusterClient]:
+    """Connect to the cluster found by --state-dir / --nats (see `broker_url`)."""
+    config = None
+    if not nats_url:
+        config = ClusterConfig.load(resolve_state_dir(state_dir))
+    async with broker_url(state_dir, nats_url) as url:
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
+        try:
+            yield ClusterClient(nc, source, config)
+        finally:
+            await nc.drain()
