@@ -11,7 +11,7 @@ import nats
 import proto
 
 from ._agent import CommandFailed, CommandTimeout
-from ._config import ClusterConfig
+from ._config import ClusterConfig, ConfigError, pid_alive
 from ._locate import broker_url, resolve_state_dir
 
 
@@ -50,12 +50,19 @@ class ClusterClient:
 
 @asynccontextmanager
 async def cluster_client(
-    state_dir: str | None, nats_url: str | None, source: str = "cli"
+    state_dir: str | None, nats_url: str | None, source: str = "cli", require_running: bool = True
 ) -> AsyncIterator[ClusterClient]:
-    """Connect to the cluster found by --state-dir / --nats (see `broker_url`)."""
+    """Connect to the cluster found by --state-dir / --nats (see `broker_url`).
+
+    With require_running false, a stopped cluster's stored stream is served by a
+    private broker, which suits commands that only read history.
+    """
     config = None
     if not nats_url:
-        config = ClusterConfig.load(resolve_state_dir(state_dir))
+        directory = resolve_state_dir(state_dir)
+        config = ClusterConfig.load(directory)
+        if require_running and not (config.running and pid_alive(config.supervisor_pid)):
+            raise ConfigError(f"the cluster in {directory} is not running; start it with `dcfleet up`")
     async with broker_url(state_dir, nats_url) as url:
         nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
         try:
