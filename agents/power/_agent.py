@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,14 @@ import aiohttp
 import proto
 from proto import subjects
 
+from .. import _recovery
 from .._agent import Agent, CommandFailed, CommandTimeout
+from .._attestation import AttestationGate
 from .._config import ClusterConfig
 from .._workload import vm_specs
-from ..host._hardware import power_watts
-from ._policy import HostState, PowerSettings, Recommendation, VmLoad, evaluate
+from ._demand import DemandHistory
+from ._policy import Recommendation, carried_out, evaluate
+from ._views import host_states, settings_from_config
 
 HOST_READY_TIMEOUT_S = 60.0
 MIGRATION_TIMEOUT_S = 150.0
@@ -33,15 +35,16 @@ class PowerManager(Agent):
 
     def __init__(self, config: ClusterConfig, agent_id: str = "power") -> None:
         super().__init__(config, agent_id)
-        self.settings = PowerSettings(
-            config.power.target_utilization, config.power.tolerance, config.power.min_hosts_on
-        )
+        self.settings = settings_from_config(config.power)
         self.specs = vm_specs(config.vms)
-        # VM -> (simulated time, demand in MIPS) samples, and the host that last reported it.
-        self.demand: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=4096))
+        # Demand samples per VM, and the host that last reported each VM.
+        self.demand = DemandHistory()
         self.location: dict[str, str] = {}
         self.heartbeats: dict[str, proto.HostHeartbeat] = {}
         self.failed_boot: set[str] = set()
+        self.placed_before: set[str] = set()
+        # Hosts get VMs only after their boot quote matches the cluster's reference manifest.
+        self.attestation = AttestationGate(self, [host.id for host in config.hosts])
         self.http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -52,6 +55,7 @@ class PowerManager(Agent):
         )
         await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
         await self.nc.subscribe(subjects.event(proto.HostBootFailed.TYPE), cb=self._on_boot_failed)
+        await self.attestation.start()
         self.spawn(self.main(), "power-main")
 
     async def stop(self) -> None:
@@ -66,8 +70,13 @@ class PowerManager(Agent):
             return
         self.heartbeats[heartbeat.host] = heartbeat
         for vm, demand in heartbeat.vms.items():
-            if isinstance(demand, (int, float)):
-                self.demand[vm].append((heartbeat.sim_time, float(demand)))
+            if isinstance(demand, (int, float)) and not isinstance(demand, bool):
+                try:
+                    self.demand.add(vm, heartbeat.sim_time, float(demand))
+                except ValueError as exc:
+                    # Heartbeats of two hosts can arrive out of order during a migration.
+                    self.log.debug("demand.sample_out_of_order", vm=vm, host=heartbeat.host, error=str(exc))
+                    continue
                 self.location[vm] = heartbeat.host
 
     async def _on_boot_failed(self, msg: Any) -> None:
@@ -81,6 +90,13 @@ class PowerManager(Agent):
     # ---- startup ------------------------------------------------------------
 
     async def main(self) -> None:
+        # A restarted manager ends the power actions its previous process left open, and
+        # does not place again a VM the history places on a host that is down right now.
+        history = await _recovery.read_history(self.nc)
+        for action in _recovery.unfinished_power_actions(history):
+            await self.publish(proto.PowerFailed(action=action["action"], host=action["host"],
+                                                 reason="power manager restarted"))
+        self.placed_before = _recovery.placed_vms(history)
         statuses = await self.wait_for_hosts()
         await self.place_vms(statuses)
         interval = max(self.config.power.interval_s, 0.5)
@@ -103,6 +119,7 @@ class PowerManager(Agent):
             pending = [
                 h.id for h in self.config.hosts
                 if not statuses.get(h.id, {}).get("booted") and h.id not in self.failed_boot
+                and not statuses.get(h.id, {}).get("boot_failure")
             ]
             if not pending:
                 break
@@ -113,8 +130,9 @@ class PowerManager(Agent):
 
     async def place_vms(self, statuses: dict[str, dict[str, Any]]) -> None:
         """Spread VMs over the booted hosts, round-robin, skipping VMs already running."""
-        running = {vm for s in statuses.values() for vm in s.get("vms", {})}
-        hosts = [h for h in self.config.hosts if statuses.get(h.id, {}).get("booted")]
+        running = {vm for s in statuses.values() for vm in s.get("vms", {})} | self.placed_before
+        attested = await self.attestation.attested_hosts([h.id for h in self.config.hosts])
+        hosts = [h for h in self.config.hosts if statuses.get(h.id, {}).get("booted") and h.id in attested]
         if not hosts:
             self.log.error("placement.no_hosts", vms=len(self.specs))
             return
@@ -141,44 +159,23 @@ class PowerManager(Agent):
 
     # ---- evaluation ---------------------------------------------------------
 
-    def host_states(self, window_s: float) -> list[HostState]:
+    def host_states(self, window_s: float) -> list:
         now = max((hb.sim_time for hb in self.heartbeats.values()), default=0.0)
-        states = []
-        for host in self.config.hosts:
-            heartbeat = self.heartbeats.get(host.id)
-            powered_on = heartbeat is not None and heartbeat.power_state == "On"
-            available = host.id not in self.failed_boot and (heartbeat is None or heartbeat.booted or not powered_on)
-            vms = tuple(
-                VmLoad(vm, self._mean_demand(vm, now - window_s), self.specs[vm]["memory_bytes"])
-                for vm in (heartbeat.vms if heartbeat and powered_on else {})
-                if vm in self.specs
-            )
-            states.append(
-                HostState(host.id, powered_on, available, host.cpu_mips_total, host.memory_bytes, vms,
-                          power_watts(host.model, 0.0))
-            )
-        return states
-
-    def _mean_demand(self, vm: str, since: float) -> float:
-        samples = [d for t, d in self.demand[vm] if t >= since]
-        if not samples and self.demand[vm]:
-            samples = [self.demand[vm][-1][1]]
-        return sum(samples) / len(samples) if samples else 0.0
+        memory = {vm: spec["memory_bytes"] for vm, spec in self.specs.items()}
+        unavailable = self.failed_boot | self.attestation.quarantined_hosts()
+        return host_states(self.config.hosts, self.heartbeats, unavailable, memory, self.demand, now, window_s)
 
     async def evaluate_once(self) -> None:
         if len(self.heartbeats) < len(self.config.hosts):
             return
-        power = self.config.power
         # A power-on decision looks at recent demand, a power-off decision at a longer history.
-        recommendation = evaluate(self.host_states(power.power_on_window_s), self.settings)
-        if recommendation is None or recommendation.action != "power_on":
-            candidate = evaluate(self.host_states(power.power_off_window_s), self.settings)
-            if candidate is not None and candidate.action == "power_off":
-                recommendation = candidate
-            elif recommendation is not None and recommendation.action != "power_on":
-                recommendation = None
+        recommendation = evaluate(
+            self.host_states(self.settings.power_on_window_s), self.settings,
+            self.host_states(self.settings.power_off_window_s),
+        )
         if recommendation is None:
             return
+        acting = carried_out(recommendation, self.settings)
         await self.publish(
             proto.PowerRecommendation(
                 action=recommendation.action,
@@ -186,19 +183,38 @@ class PowerManager(Agent):
                 reason=recommendation.reason,
                 scores=recommendation.scores,
                 moves=[[m.vm, m.source, m.destination] for m in recommendation.moves],
-                carried_out=True,
+                carried_out=acting,
+                priority=recommendation.priority,
+                what_if=recommendation.what_if,
             )
         )
         self.log.info("power.recommendation", action=recommendation.action, host=recommendation.host,
-                      reason=recommendation.reason)
+                      priority=recommendation.priority, carried_out=acting, reason=recommendation.reason)
+        if not acting:
+            return
         try:
             if recommendation.action == "power_off":
                 await self.power_off(recommendation)
-            else:
+            elif recommendation.action == "power_on":
                 await self.power_on(recommendation)
+            else:
+                await self.migrate(recommendation)
         except (BmcError, CommandFailed, CommandTimeout) as exc:
             self.log.warning("power.action_failed", action=recommendation.action, host=recommendation.host,
                              error=str(exc))
+            await self.publish(proto.PowerFailed(action=recommendation.action, host=recommendation.host,
+                                                 reason=str(exc)[:500]))
+            return
+        await self.publish(proto.PowerCompleted(action=recommendation.action, host=recommendation.host))
+
+    async def migrate(self, recommendation: Recommendation) -> None:
+        for move in recommendation.moves:
+            await self.request(
+                subjects.MIGRATION_REQUEST,
+                proto.MigrationRequest(vm=move.vm, destination=move.destination, source=move.source),
+                MIGRATION_TIMEOUT_S,
+            )
+            self.location[move.vm] = move.destination
 
     async def power_off(self, recommendation: Recommendation) -> None:
         for move in recommendation.moves:
