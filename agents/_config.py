@@ -30,6 +30,8 @@ class HostConfig:
     memory_bytes: int
     bmc_port: int
     arch: str = "aarch64"
+    # Processor packages (sockets); the cores are split evenly among them.
+    packages: int = 1
 
     @property
     def cpu_mips_total(self) -> float:
@@ -53,6 +55,11 @@ class PowerConfig:
     interval_s: float = 5.0
     power_on_window_s: float = 300.0
     power_off_window_s: float = 2400.0
+    # Recommendation priorities 1..threshold are made; automation Off, Manual or Automatic.
+    threshold: int = 3
+    automation: str = "Automatic"
+    boot_s: float = 120.0
+    expected_off_s: float = 3600.0
 
 
 @dataclass
@@ -69,6 +76,11 @@ class ClusterConfig:
     supervisor_pid: int = 0
     running: bool = False
     store_dir: str = ""
+    # Every broker of a clustered bus (nats_url is the first); empty for one broker.
+    nats_urls: list[str] = field(default_factory=list)
+    # NKey credentials per agent and TLS on the bus and Redfish (files in secrets/).
+    secure: bool = False
+    event_replicas: int = 1
 
     @property
     def clock(self) -> ClusterClock:

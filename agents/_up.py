@@ -18,20 +18,23 @@ import structlog
 import proto
 from proto import subjects
 
+from . import _bus, _fleet
 from ._agent import ensure_event_stream
 from ._config import ClusterConfig, ConfigError, HostConfig, PowerConfig, VmConfig, pid_alive
+from ._broker_cluster import wait_for_jetstream
 from ._nats_server import NatsServer, free_port
 from ._process import set_parent_death_signal
+from ._restarter import Restarter
+from ._supervise import PidRegistry, ProcessEntry
 from ._summary import Summary
 from ._workload import VM_TYPES_MIPS, default_trace_dir, load_traces
-from .host._boot import BootKeys, build_bank, raw_public_key
-from .host._agent import host_paths
+from .host._secure_boot import prepare_secure_boot
 from .host._hardware import HOST_MODELS
+from .host._host_memory import host_arch
 
 log = structlog.get_logger()
 
 AGENT_STOP_TIMEOUT_S = 10.0
-BOOT_MODULES = ("vmx", "net-driver", "storage-driver", "vsan")
 
 
 @dataclass
@@ -46,7 +49,15 @@ class UpOptions:
     vm_memory_bytes: int = 4 * 1024 * 1024
     host_memory_bytes: int = 256 * 1024 * 1024
     power_interval_s: float = 3.0
+    # PowerConfig fields other than interval_s, e.g. threshold and automation.
+    power_settings: dict = field(default_factory=dict)
     summary_interval_s: float = 2.0
+    nats_cluster: int = 1
+    nats_sync_always: bool = False
+    secure: bool = False
+    hosts_per_process: int = 1
+    heartbeat_interval_s: float | None = None
+    arch: str = "aarch64"  # aarch64, x86_64 or mixed (alternating by host)
 
 
 @dataclass
@@ -69,11 +80,13 @@ def build_config(options: UpOptions) -> ClusterConfig:
     if len(traces) < vm_count:
         log.warning("workload.fewer_traces", requested=vm_count, available=len(traces), trace_dir=str(trace_dir))
     hosts = []
+    bmc_ports = _fleet.listen_ports(options.hosts)
     for index in range(options.hosts):
         model = HOST_MODELS["ML110G4" if index % 2 == 0 else "ML110G5"]
         hosts.append(HostConfig(
             id=f"h{index + 1}", model=model.name, cores=model.cores, mips_per_core=model.mips_per_core,
-            memory_bytes=options.host_memory_bytes, bmc_port=free_port(),
+            memory_bytes=options.host_memory_bytes, bmc_port=bmc_ports[index],
+            arch=host_arch(options.arch, index),
         ))
     vms = [
         VmConfig(
@@ -83,21 +96,34 @@ def build_config(options: UpOptions) -> ClusterConfig:
         )
         for index, trace in enumerate(traces)
     ]
-    return ClusterConfig(
+    config = ClusterConfig(
         state_dir=str(options.state_dir.resolve()),
         nats_url=options.nats_url or "",
         epoch=time.time(),
         time_scale=options.time_scale,
         hosts=hosts,
         vms=vms,
-        power=PowerConfig(interval_s=options.power_interval_s),
+        power=_power_config(options),
         supervisor_pid=os.getpid(),
         store_dir=str((options.state_dir / "nats").resolve()) if not options.nats_url else "",
     )
+    return _fleet.apply_options(config, options)
+
+
+def _power_config(options: UpOptions) -> PowerConfig:
+    from .power._views import settings_from_config
+
+    power = PowerConfig(interval_s=options.power_interval_s, **options.power_settings)
+    try:
+        settings_from_config(power)
+    except ValueError as exc:
+        raise ConfigError(f"invalid power settings: {exc}") from None
+    return power
 
 
 def prepare_state(config: ClusterConfig) -> None:
-    """Write the BMC password and, for hosts that have none, keys and a boot bank."""
+    """Write the BMC password and the secure boot material: cluster keys, golden bank and reference
+    manifest, and a boot bank and host state for each host that has none."""
     state = Path(config.state_dir)
     (state / "logs").mkdir(parents=True, exist_ok=True)
     password_file = config.bmc_password_file()
@@ -105,15 +131,8 @@ def prepare_state(config: ClusterConfig) -> None:
         password_file.parent.mkdir(parents=True, exist_ok=True)
         password_file.touch(mode=0o600)
         password_file.write_text(secrets.token_urlsafe(16) + "\n")
-    for host in config.hosts:
-        bank, firmware_key_file = host_paths(config.state_dir, host.id)
-        if bank.exists() and firmware_key_file.exists():
-            continue
-        keys = BootKeys.generate()
-        modules = {name: f"{name} module for {host.id}".encode() for name in BOOT_MODULES}
-        build_bank(bank, keys, modules)
-        firmware_key_file.parent.mkdir(parents=True, exist_ok=True)
-        firmware_key_file.write_bytes(raw_public_key(keys.firmware))
+    prepare_secure_boot(state, [host.id for host in config.hosts])
+    _fleet.prepare_bus(config)
 
 
 def check_not_running(state_dir: Path) -> None:
@@ -161,17 +180,19 @@ class Supervisor:
 
     async def _start(self, config: ClusterConfig) -> None:
         if not self.options.nats_url:
-            self.server = NatsServer(Path(config.store_dir), Path(config.state_dir) / "logs" / "nats-server.log")
+            self.server = _fleet.make_brokers(config, self.options) or NatsServer(
+                Path(config.store_dir), Path(config.state_dir) / "logs" / "nats-server.log")
             await asyncio.to_thread(self.server.start)
             config.nats_url = self.server.url
+            config.nats_urls = list(getattr(self.server, "urls", []))
         await self._reset_event_stream(config.nats_url)
         config.running = True
         config.save()
         print(f"dcfleet: broker {config.nats_url}, state dir {config.state_dir}", flush=True)
         print(f"dcfleet: {len(config.hosts)} hosts, {len(config.vms)} VMs, time scale {config.time_scale:g}x; "
               "Ctrl-C stops the cluster", flush=True)
-        for host in config.hosts:
-            await self._spawn(f"host-{host.id}", "host", host.id)
+        for name, kind, agent_id in _fleet.host_children(config, self.options.hosts_per_process):
+            await self._spawn(name, kind, agent_id)
         await self._spawn("bmc", "bmc", "bmc")
         await self._spawn("dpu", "dpu", "dpu")
         await self._spawn("migration", "migration", "migration")
@@ -179,14 +200,17 @@ class Supervisor:
 
     async def _reset_event_stream(self, url: str) -> None:
         """Give this run a fresh event history: each `up` replaces the previous one."""
-        nc = await nats.connect(url, connect_timeout=5)
+        assert self.config is not None
+        await wait_for_jetstream(_bus.server_urls(self.config), _bus.operator_options(self.config))
+        nc = await nats.connect(_bus.server_urls(self.config), connect_timeout=5,
+                                **_bus.operator_options(self.config))
         try:
             js = nc.jetstream()
             try:
                 await js.delete_stream(subjects.EVENTS_STREAM)
             except nats.js.errors.NotFoundError:
                 pass
-            await ensure_event_stream(js)
+            await ensure_event_stream(js, replicas=self.config.event_replicas)
         finally:
             await nc.drain()
 
@@ -196,7 +220,7 @@ class Supervisor:
         log_file = open(log_path, "ab")
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agents", "agent", kind, "--id", agent_id,
+                sys.executable, "-m", "agents", *_fleet.agent_argv(kind, agent_id),
                 "--state-dir", self.config.state_dir,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 preexec_fn=set_parent_death_signal, start_new_session=True,
@@ -204,14 +228,16 @@ class Supervisor:
         finally:
             log_file.close()
         self.children.append(Child(name, kind, process, log_path))
+        PidRegistry(self.config.state_dir).record(ProcessEntry(name, kind, agent_id, process.pid))
 
     async def _watch(self, config: ClusterConfig) -> None:
         summary = Summary(config, sys.stdout)
-        nc = await nats.connect(config.nats_url, connect_timeout=5, max_reconnect_attempts=-1)
+        nc = await nats.connect(_bus.server_urls(config), connect_timeout=5, max_reconnect_attempts=-1,
+                                **_bus.operator_options(config))
+        restarter = asyncio.ensure_future(Restarter(self).run(nc))
         try:
             await nc.subscribe(subjects.EVENTS_ALL, cb=summary.on_event)
             deadline = None if self.options.duration_s is None else time.monotonic() + self.options.duration_s
-            exited: set[str] = set()
             while not self.stopping.is_set():
                 timeout = self.options.summary_interval_s
                 if deadline is not None:
@@ -220,22 +246,16 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
-                self._report_exits(exited)
                 summary.render()
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stop_reason = "duration"
                     print(f"dcfleet: --duration {self.options.duration_s:g} s reached: stopping", flush=True)
                     break
         finally:
+            # Stop restarting before shutdown stops the agents on purpose.
+            restarter.cancel()
+            await asyncio.gather(restarter, return_exceptions=True)
             await nc.drain()
-
-    def _report_exits(self, exited: set[str]) -> None:
-        for child in self.children:
-            code = child.process.returncode
-            if code is not None and child.name not in exited:
-                exited.add(child.name)
-                print(f"dcfleet: agent {child.name} exited with status {code}; see {child.log_path}",
-                      file=sys.stderr, flush=True)
 
     async def _shutdown(self, config: ClusterConfig) -> None:
         # Decision makers first, so no new work starts while hosts go down.

@@ -84,8 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bytes of real memory per VM, e.g. 4M (default: 4M)")
     up.add_argument("--host-memory", type=_size_bytes, default=256 * 1024**2, metavar="SIZE",
                     help="memory per host available to VMs, e.g. 256M (default: 256M)")
+    up.add_argument("--arch", choices=("aarch64", "x86_64", "mixed"), default="aarch64",
+                    help="host CPU architecture, which sets each host's memory map and page-table "
+                    "format; mixed alternates aarch64 (h1, h3, ...) and x86_64 (default: aarch64)")
     up.add_argument("--power-interval", type=_positive_float, default=3.0, metavar="SECONDS",
                     help="real seconds between power evaluations (default: 3)")
+    up.add_argument("--power-automation", choices=("Off", "Manual", "Automatic"), default="Automatic",
+                    help="Off: no power recommendations; Manual: publish them only; Automatic: carry them out "
+                    "(default: Automatic)")
+    up.add_argument("--power-threshold", type=int, choices=range(1, 6), default=3,
+                    help="act on recommendations of priority 1..N, 1 conservative, 5 aggressive (default: 3)")
+    up.add_argument("--power-target", type=float, default=0.63,
+                    help="target host utilization, 0..1 (default: 0.63)")
+    up.add_argument("--power-tolerance", type=float, default=0.18,
+                    help="half-width of the band around the target (default: 0.18)")
+    up.add_argument("--min-hosts-on", type=_positive_int, default=1, help="hosts always kept on (default: 1)")
+    _fleet_options().add_up_options(up)
     add_cluster_options(up)
 
     events = commands.add_parser(
@@ -109,7 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that each add one or more subcommands: `add_parser(commands)` registers
 # them and `run(args) -> int` runs one (args.command names it).
-FEATURE_COMMANDS: tuple[str, ...] = ()
+FEATURE_COMMANDS: tuple[str, ...] = ("agents._cmd_boot", "agents._cmd_replay", "agents._cmd_power",
+                                     "agents._cmd_keys_bus", "agents._cmd_packed", "agents._cmd_deploy",
+                                     "agents._cmd_pagetable", "agents._cmd_chaos")
+
+
+def _fleet_options():
+    from . import _fleet
+
+    return _fleet
 
 
 def _feature_modules() -> list:
@@ -133,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _power_settings(args: argparse.Namespace) -> dict:
+    """PowerConfig fields set by `dcfleet up` options."""
+    return {
+        "automation": args.power_automation, "threshold": args.power_threshold,
+        "target_utilization": args.power_target, "tolerance": args.power_tolerance,
+        "min_hosts_on": args.min_hosts_on,
+    }
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from ._locate import resolve_state_dir
 
@@ -144,7 +175,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             state_dir=resolve_state_dir(args.state_dir), hosts=args.hosts, vms=args.vms,
             trace_dir=args.trace, time_scale=args.time_scale, duration_s=args.duration,
             nats_url=args.nats, vm_memory_bytes=args.vm_memory, host_memory_bytes=args.host_memory,
-            power_interval_s=args.power_interval,
+            power_interval_s=args.power_interval, power_settings=_power_settings(args), arch=args.arch, **_fleet_options().up_option_values(args),
         )
         return run(options)
     if args.command == "events":

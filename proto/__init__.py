@@ -10,6 +10,10 @@ from ._envelope import (
     encode,
 )
 from ._messages import MESSAGE_TYPES, Message, message, parse
+from . import _messages_secureboot  # noqa: F401  (registers host.quarantined, host.quote)
+from . import _messages_chaos  # noqa: F401  (registers fault, supervision and outcome types)
+from . import _messages_pagetables  # noqa: F401  (registers page-table steps, stage-2 and dump types)
+from . import _messages_bus  # noqa: F401  (registers agent.permission_denied)
 
 # Re-export every registered message class (HostBooted, Reply, ...).
 globals().update({cls.__name__: cls for cls in MESSAGE_TYPES.values()})

@@ -152,6 +152,7 @@ class HostHeartbeat(Message):
     power_watts: float
     vms: dict
     sim_time: float
+    packages: list = dataclasses.field(default_factory=list)
 
 
 @message("vm.placed")
@@ -177,6 +178,8 @@ class PowerRecommendation(Message):
     scores: dict
     moves: list
     carried_out: bool
+    priority: int = 3
+    what_if: dict = dataclasses.field(default_factory=dict)
 
 
 @message("host.power_off")

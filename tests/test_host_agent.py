@@ -10,7 +10,7 @@ from nats.js.api import DeliverPolicy
 
 import proto
 from agents._up import UpOptions, build_config, prepare_state
-from agents.host._agent import host_paths
+from agents.host._secure_boot import host_boot_paths
 from proto import subjects
 
 from _support import dcfleet_command, next_event
@@ -77,7 +77,8 @@ async def test_host_boots_signed_bank(cluster_state, bus):
     try:
         events = await events_from_start(bus)
         booted = await next_event(events, "host.booted", host="h1")
-        assert booted.data["components"][:3] == ["loader.efi", "kernel", "verifier"]
+        assert booted.data["components"][:4] == ["loader.img", "kernel.img", "verifier.img", "boot.cfg"]
+        assert "modules/vmx.img" in booted.data["components"]
         status = await request(bus, "h1", "status", proto.HostStatusRequest())
         assert status.ok and status.result["booted"] is True
     finally:
@@ -86,8 +87,7 @@ async def test_host_boots_signed_bank(cluster_state, bus):
 
 
 async def test_host_with_tampered_kernel_names_file(cluster_state, bus):
-    bank, _ = host_paths(cluster_state.state_dir, "h1")
-    kernel = bank / "kernel"
+    kernel = host_boot_paths(cluster_state.state_dir, "h1").bank / "kernel.img"
     data = bytearray(kernel.read_bytes())
     data[-1] ^= 0xFF
     kernel.write_bytes(bytes(data))
@@ -95,7 +95,7 @@ async def test_host_with_tampered_kernel_names_file(cluster_state, bus):
     try:
         events = await events_from_start(bus)
         failed = await next_event(events, "host.boot_failed", host="h1")
-        assert failed.data["file"] == "kernel"
+        assert failed.data["file"] == "kernel.img"
         assert failed.data["check"] == "signature"
         # The host stays up to report, out of service.
         status = await request(bus, "h1", "status", proto.HostStatusRequest())

@@ -7,7 +7,6 @@ import random
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import proto
@@ -15,8 +14,13 @@ from proto import subjects
 
 from .._agent import Agent, CommandFailed, CommandTimeout, HandlerError
 from .._config import ClusterConfig
-from ._boot import BootFailure, verify_bank
+from .._vmstore import HostStore, drop_aborted_arrival, restore_host
+from ..secureboot import BootRejected, InvalidInput
 from ._hardware import power_watts
+from ._packages import PackageScheduler
+from ._measured_boot import boot_from_disk, quote_pcrs
+from ._secure_boot import host_boot_paths
+from ._tables_hooks import PageTablesMixin
 from ._vm import PAGE_SIZE, Vm, page_runs
 
 RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "ForceRestart")
@@ -40,13 +44,7 @@ class Incoming:
     subscription: Any
 
 
-def host_paths(state_dir: str, host_id: str) -> tuple[Path, Path]:
-    """Boot bank and firmware `db` key file of a host."""
-    root = Path(state_dir) / "hosts" / host_id
-    return root / "bank", root / "firmware" / "db.key"
-
-
-class HostAgent(Agent):
+class HostAgent(PageTablesMixin, Agent):
     kind = "host"
 
     def __init__(self, config: ClusterConfig, host_id: str) -> None:
@@ -55,15 +53,22 @@ class HostAgent(Agent):
         self.power_state = "On"
         self.booted = False
         self.boot_count = 0
+        # Measured boot results of the running boot: SHA-256 PCRs and the failure, if any.
+        self.pcrs: dict[int, bytes] = {}
+        self.boot_failure: BootRejected | None = None
         self.vms: dict[str, Vm] = {}
         self.outgoing: dict[str, str] = {}
         self.incoming: dict[str, Incoming] = {}
         self.rng = random.Random(zlib.crc32(host_id.encode()))
         self._boot_task: asyncio.Task | None = None
+        self.store = HostStore(config.state_dir, host_id)
+        packages = max(1, min(self.host.packages, self.host.cores))
+        self.packages = PackageScheduler(packages, max(1, self.host.cores // packages), self.host.mips_per_core)
 
     async def start(self) -> None:
         handlers = {
             proto.HostStatusRequest: self.on_status,
+            proto.QuoteRequest: self.on_quote,
             proto.VmCreate: self.on_vm_create,
             proto.HostPower: self.on_power,
             proto.MigratePrepare: self.on_migrate_prepare,
@@ -71,36 +76,55 @@ class HostAgent(Agent):
             proto.MigrateCommit: self.on_migrate_commit,
             proto.MigrateFinish: self.on_migrate_finish,
             proto.MigrateAbort: self.on_migrate_abort,
+            proto.PagetableDumpRequest: self.on_pagetable_dump,
         }
+        restored = restore_host(self)
+        if restored:
+            self.log.info("host.restored", vms=restored, power_state=self.power_state)
         await self.serve(subjects.host_commands(self.id), handlers)
-        self._boot_task = self.spawn(self.boot(), "boot")
+        if self.power_state == "On":
+            self._boot_task = self.spawn(self.boot(), "boot")
         self.spawn(self.heartbeat_loop(), "heartbeat")
 
     # ---- boot and power ----------------------------------------------------
 
     async def boot(self) -> None:
-        bank, key_file = host_paths(self.config.state_dir, self.id)
-        try:
-            firmware_key = await asyncio.to_thread(key_file.read_bytes)
-            components = await asyncio.to_thread(verify_bank, bank, firmware_key)
-        except FileNotFoundError:
-            await self._boot_failed(BootFailure(str(key_file), "firmware-db", "firmware key file missing"))
+        self.pcrs, self.boot_failure = {}, None
+        outcome = await asyncio.to_thread(boot_from_disk, host_boot_paths(self.config.state_dir, self.id))
+        self.boot_count = outcome.boot_count
+        if outcome.failure is not None:
+            await self._boot_failed(outcome.failure)
             return
-        except BootFailure as failure:
-            await self._boot_failed(failure)
+        if not await self._boot_tables():
             return
-        self.boot_count += 1
+        self.pcrs = outcome.report.pcrs
         self.booted = True
-        names = [c.file for c in components]
+        names = [c.path for c in outcome.report.components]
         self.log.info("host.booted", components=len(names), boot_count=self.boot_count)
         await self.publish(proto.HostBooted(host=self.id, components=names, boot_count=self.boot_count))
 
-    async def _boot_failed(self, failure: BootFailure) -> None:
+    async def _boot_failed(self, failure: BootRejected) -> None:
         self.booted = False
-        self.log.error("host.boot_failed", file=failure.file, check=failure.check, reason=failure.reason)
+        self.boot_failure = failure
+        self.log.error("host.boot_failed", file=failure.path, check=failure.check, reason=failure.reason)
         await self.publish(
-            proto.HostBootFailed(host=self.id, file=failure.file, check=failure.check, reason=failure.reason)
+            proto.HostBootFailed(host=self.id, file=failure.path, check=failure.check, reason=failure.reason)
         )
+
+    async def on_quote(self, message: proto.QuoteRequest, _msg: Any) -> dict[str, Any]:
+        """Return the boot state and, once booted, a quote of the PCRs over the verifier's nonce."""
+        result: dict[str, Any] = {
+            "power_state": self.power_state, "booted": self.booted, "boot_count": self.boot_count,
+            "boot_failure": _failure_fields(self.boot_failure), "quote": None,
+        }
+        if self.power_state == "On" and self.booted:
+            paths = host_boot_paths(self.config.state_dir, self.id)
+            try:
+                result["quote"] = await asyncio.to_thread(
+                    quote_pcrs, paths, self.id, self.pcrs, message.nonce, self.boot_count)
+            except InvalidInput as error:
+                raise HandlerError(f"cannot quote: {error}") from None
+        return result
 
     async def on_power(self, message: proto.HostPower, _msg: Any) -> dict[str, Any]:
         if message.action not in RESET_TYPES:
@@ -111,6 +135,7 @@ class HostAgent(Agent):
             await self._power_off(message.via)
         if message.action in ("On", "ForceRestart") and self.power_state == "Off":
             self.power_state = "On"
+            self.store.save_power_state("On")
             self.log.info("host.power_on", via=message.via)
             await self.publish(proto.HostPowerOn(host=self.id, via=message.via))
             self._boot_task = self.spawn(self.boot(), "boot")
@@ -119,6 +144,7 @@ class HostAgent(Agent):
     async def _power_off(self, via: str) -> None:
         for vm_id in list(self.vms):
             del self.vms[vm_id]
+            self.store.drop_vm(vm_id)
             await self.publish(proto.VmLost(vm=vm_id, host=self.id, reason="host powered off"))
         for incoming in list(self.incoming.values()):
             await self._drop_incoming(incoming)
@@ -126,7 +152,11 @@ class HostAgent(Agent):
         if self._boot_task is not None:
             self._boot_task.cancel()
         self.power_state = "Off"
+        self.store.save_power_state("Off")
         self.booted = False
+        self._drop_tables()
+        # Power loss resets the TPM: the PCRs and the last boot's outcome are gone.
+        self.pcrs, self.boot_failure = {}, None
         self.log.info("host.power_off", via=via)
         await self.publish(proto.HostPowerOff(host=self.id, via=via))
 
@@ -168,7 +198,14 @@ class HostAgent(Agent):
             power_watts=round(watts, 2),
             vms=demands,
             sim_time=round(self.clock.sim_time(), 1),
+            packages=self._package_report(demands),
         )
+
+    def _package_report(self, demands: dict[str, float]) -> list[dict]:
+        if self.power_state != "On":
+            return []
+        self.packages.sync({vm_id: (self.vms[vm_id].mips, demand) for vm_id, demand in demands.items()})
+        return self.packages.report()
 
     def _memory_used(self) -> int:
         used = sum(vm.memory_bytes for vm in self.vms.values())
@@ -180,9 +217,12 @@ class HostAgent(Agent):
             "power_state": self.power_state,
             "booted": self.booted,
             "boot_count": self.boot_count,
+            "boot_failure": _failure_fields(self.boot_failure),
             "vms": {vm.id: vm.memory_bytes for vm in self.vms.values()},
+            "arrived": self.store.arrived(),
             "memory_used_bytes": self._memory_used(),
             "memory_total_bytes": self.host.memory_bytes,
+            **self._table_status(),
         }
 
     async def on_vm_create(self, message: proto.VmCreate, _msg: Any) -> dict[str, Any]:
@@ -191,11 +231,14 @@ class HostAgent(Agent):
         if message.vm in self.vms:
             raise HandlerError(f"VM {message.vm} already runs on {self.id}")
         self._require_room(message.memory_bytes)
+        self._map_stage2(message.vm, message.memory_bytes)
         vm = Vm.create(message.vm, message.trace, message.mips, message.memory_bytes, message.seed)
         self.vms[vm.id] = vm
+        self.store.save_vm(vm)
         digest = vm.digest()
         self.log.info("vm.placed", vm=vm.id, memory_bytes=vm.memory_bytes)
         await self.publish(proto.VmPlaced(vm=vm.id, host=self.id, memory_bytes=vm.memory_bytes, digest=digest))
+        await self._publish_stage2_mapped(vm.id)
         return {"digest": digest}
 
     def _require_room(self, memory_bytes: int) -> None:
@@ -221,7 +264,13 @@ class HostAgent(Agent):
         subscription = await self.nc.subscribe(
             subjects.migration_pages(message.migration), cb=self._on_pages
         )
+        try:
+            self._map_stage2(message.vm, spec["memory_bytes"])
+        except HandlerError:
+            await subscription.unsubscribe()
+            raise
         self.incoming[message.migration] = Incoming(message.migration, message.vm, dict(spec), memory, subscription)
+        await self._publish_stage2_mapped(message.vm)
         return {}
 
     async def _on_pages(self, msg: Any) -> None:
@@ -252,6 +301,8 @@ class HostAgent(Agent):
         await incoming.subscription.unsubscribe()
         del self.incoming[message.migration]
         self.vms[vm.id] = vm
+        self.store.save_vm(vm)
+        self.store.record_arrival(message.migration, vm.id, digest)
         self.log.info("migration.arrived", migration=message.migration, vm=vm.id)
         return {"destination_digest": digest}
 
@@ -265,10 +316,14 @@ class HostAgent(Agent):
     async def on_migrate_abort(self, message: proto.MigrateAbort, _msg: Any) -> dict[str, Any]:
         incoming = self.incoming.get(message.migration)
         if incoming is not None:
+            await self._release_stage2(incoming.vm, "migration aborted")
             await self._drop_incoming(incoming)
+        drop_aborted_arrival(self, message.migration)
+        await self._sync_stage2("migration aborted")
         vm_id = self.outgoing.pop(message.migration, None)
         if vm_id is not None and vm_id in self.vms:
             self.vms[vm_id].paused = False
+            self.store.save_vm(self.vms[vm_id], memory=False)
         return {}
 
     # ---- migration: source side ---------------------------------------------
@@ -280,6 +335,7 @@ class HostAgent(Agent):
         if message.vm in self.outgoing.values():
             raise HandlerError(f"VM {message.vm} is already migrating")
         self.outgoing[message.migration] = vm.id
+        self.store.save_vm(vm, message.migration, memory=False)
         try:
             return await self._precopy(message.migration, vm)
         except (CommandFailed, CommandTimeout) as exc:
@@ -332,12 +388,23 @@ class HostAgent(Agent):
         if vm_id is None:
             raise HandlerError(f"no outgoing migration {message.migration!r}")
         self.vms.pop(vm_id, None)
+        self.store.drop_vm(vm_id)
         self.log.info("migration.departed", migration=message.migration, vm=vm_id)
+        await self._release_stage2(vm_id, "migrated away")
         return {}
 
     async def stop(self) -> None:
         for incoming in list(self.incoming.values()):
             await self._drop_incoming(incoming)
+        sending = {vm_id: migration for migration, vm_id in self.outgoing.items()}
+        for vm in self.vms.values():
+            self.store.save_vm(vm, sending.get(vm.id))
+
+
+def _failure_fields(failure: BootRejected | None) -> dict[str, str] | None:
+    if failure is None:
+        return None
+    return {"file": failure.path, "check": failure.check, "reason": failure.reason}
 
 
 def _check_vm_spec(vm: str, trace: Any, mips: Any, memory_bytes: Any) -> None:

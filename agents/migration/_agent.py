@@ -15,7 +15,9 @@ from typing import Any
 import proto
 from proto import subjects
 
+from .. import _recovery
 from .._agent import Agent, CommandFailed, CommandTimeout, HandlerError
+from .._attestation import AttestationGate
 from .._config import ClusterConfig
 from .._workload import vm_specs
 
@@ -33,9 +35,16 @@ class MigrationCoordinator(Agent):
         self.locations: dict[str, str] = {}
         self.specs = vm_specs(config.vms)
         self.in_flight: set[str] = set()
+        # A destination must pass attestation for its current boot before a VM moves onto it.
+        self.attestation = AttestationGate(self, [host.id for host in config.hosts])
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
+        await self.attestation.start()
+        # Migrations a previous coordinator process left without an outcome end before new ones start.
+        for started in _recovery.unfinished_migrations(await _recovery.read_history(self.nc)):
+            self.log.info("migration.recovering", **started)
+            await _recovery.resolve_migration(self, started)
         await self.serve(subjects.MIGRATION_REQUEST, {proto.MigrationRequest: self.on_request})
 
     async def _on_heartbeat(self, msg: Any) -> None:
@@ -62,6 +71,10 @@ class MigrationCoordinator(Agent):
         if message.vm in self.in_flight:
             raise HandlerError(f"VM {message.vm} is already migrating")
         spec = self._vm_spec(message.vm)
+        verdict = await self.attestation.require(message.destination)
+        if not verdict.attested:
+            raise HandlerError(f"destination {message.destination} failed attestation "
+                               f"({verdict.outcome}, {verdict.check}): {verdict.reason}")
         self.in_flight.add(message.vm)
         try:
             return await self._migrate(message.vm, source, message.destination, spec)
@@ -107,7 +120,7 @@ class MigrationCoordinator(Agent):
             raise HandlerError(reason) from None
         # The destination runs the VM now; the source's copy is paused and may go.
         try:
-            await self.request(subjects.host_command(source, "migrate_finish"), proto.MigrateFinish(migration))
+            await _recovery.finish_at_source(self, source, migration)
         except (CommandFailed, CommandTimeout) as exc:
             self.log.warning("migration.finish_failed", error=str(exc), **ids)
         self.locations[vm] = destination

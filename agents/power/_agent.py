@@ -12,7 +12,7 @@ import aiohttp
 import proto
 from proto import subjects
 
-from .. import _recovery
+from .. import _bus, _recovery
 from .._agent import Agent, CommandFailed, CommandTimeout
 from .._attestation import AttestationGate
 from .._config import ClusterConfig
@@ -52,6 +52,7 @@ class PowerManager(Agent):
         self.http = aiohttp.ClientSession(
             auth=aiohttp.BasicAuth(self.config.bmc_username, password),
             timeout=aiohttp.ClientTimeout(total=REDFISH_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(ssl=_bus.redfish_client_ssl(self.config)),
         )
         await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
         await self.nc.subscribe(subjects.event(proto.HostBootFailed.TYPE), cb=self._on_boot_failed)
@@ -252,7 +253,7 @@ class PowerManager(Agent):
     async def reset(self, host_id: str, reset_type: str) -> None:
         """POST ComputerSystem.Reset to the host's BMC."""
         host = self.config.host(host_id)
-        url = f"http://127.0.0.1:{host.bmc_port}/redfish/v1/Systems/{host_id}/Actions/ComputerSystem.Reset"
+        url = f"{_bus.redfish_base_url(self.config, host)}/redfish/v1/Systems/{host_id}/Actions/ComputerSystem.Reset"
         try:
             async with self.http.post(url, json={"ResetType": reset_type}) as response:
                 if response.status >= 300:
