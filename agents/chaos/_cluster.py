@@ -1,0 +1,170 @@
+"""Fault injection against a cluster that `dcfleet up` runs on this machine.
+
+    from agents.chaos import Cluster
+    cluster = await Cluster.attach(state_dir)
+    await cluster.kill("host-h1")
+    await cluster.close()
+
+Processes are found through the pid file `dcfleet up` keeps in the state dir.
+Every fault is stored as `fault.injected` before it acts and `fault.cleared`
+when it ends (a resumed process, a restarted one, a BMC answering again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+
+import proto
+
+from .._client import ClusterClient
+from .._config import ClusterConfig, ConfigError, pid_alive
+from .._supervise import PidRegistry, ProcessEntry, retry
+from ._bmc_faults import BMC_FAULT_SUBJECT
+
+# How long a fault waits for `dcfleet up` to bring back a killed process.
+RESTART_WAIT_S = 60.0
+EVENT_RETRY_S = 60.0
+PUBLISH_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+class FaultTargetError(LookupError):
+    """No process of that name runs in the cluster; the message lists the names that do."""
+
+    def __init__(self, target: str, known: list[str]) -> None:
+        self.target = target
+        self.known = known
+        super().__init__(f"no process {target!r} in the cluster; known: {', '.join(known) or 'none'}")
+
+
+class Cluster:
+    """A running cluster, for injecting faults into its processes, broker and BMCs."""
+
+    def __init__(self, config: ClusterConfig, client: ClusterClient) -> None:
+        self.config = config
+        self.client = client
+        self.registry = PidRegistry(config.state_dir)
+
+    @classmethod
+    async def attach(cls, state_dir: str | Path) -> "Cluster":
+        config = ClusterConfig.load(Path(state_dir))
+        if not (config.running and pid_alive(config.supervisor_pid)):
+            raise ConfigError(f"the cluster in {state_dir} is not running; start it with `dcfleet up`")
+        # Reconnect forever: a fault may be the broker's own restart.
+        nc = await nats.connect(config.nats_url, connect_timeout=5, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.25, error_cb=_quiet, disconnected_cb=_quiet_event,
+                                reconnected_cb=_quiet_event)
+        return cls(config, ClusterClient(nc, "chaos", config))
+
+    async def close(self) -> None:
+        await self.client.nc.drain()
+
+    def processes(self) -> dict[str, ProcessEntry]:
+        return self.registry.read()
+
+    def process(self, target: str) -> ProcessEntry:
+        entries = self.processes()
+        if target not in entries:
+            raise FaultTargetError(target, sorted(entries))
+        return entries[target]
+
+    # ---- events -----------------------------------------------------------------
+
+    async def _event(self, message: proto.Message) -> None:
+        await retry(lambda: self.client.publish_event(message), PUBLISH_ERRORS, EVENT_RETRY_S)
+
+    async def _injected(self, fault: str, target: str, **params: Any) -> str:
+        fault_id = uuid.uuid4().hex[:12]
+        await self._event(proto.FaultInjected(fault=fault, target=target, fault_id=fault_id, params=params))
+        return fault_id
+
+    async def _cleared(self, fault: str, target: str, fault_id: str, outcome: str) -> None:
+        await self._event(proto.FaultCleared(fault=fault, target=target, fault_id=fault_id, outcome=outcome))
+
+    # ---- process faults -----------------------------------------------------------
+
+    async def kill(self, target: str, wait: bool = True) -> str:
+        """SIGKILL an agent or the broker ("broker"); with wait, until `dcfleet up` restarted it."""
+        return await self._signal_and_wait("kill", target, signal.SIGKILL, wait)
+
+    async def restart(self, target: str, wait: bool = True) -> str:
+        """SIGTERM an agent so it stops cleanly; `dcfleet up` starts it again."""
+        return await self._signal_and_wait("restart", target, signal.SIGTERM, wait)
+
+    async def _signal_and_wait(self, fault: str, target: str, signum: int, wait: bool) -> str:
+        entry = self.process(target)
+        fault_id = await self._injected(fault, target, pid=entry.pid, signal=signal.Signals(signum).name)
+        _send(entry.pid, signum)
+        if wait:
+            outcome = await self.wait_restarted(target, entry.pid)
+            await self._cleared(fault, target, fault_id, outcome)
+        return fault_id
+
+    async def wait_restarted(self, target: str, old_pid: int, timeout_s: float = RESTART_WAIT_S) -> str:
+        """Wait for a process to run again under a new pid; return how it ended."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            entry = self.processes().get(target)
+            if entry is not None and entry.pid != old_pid and pid_alive(entry.pid):
+                return f"restarted as pid {entry.pid}"
+            await asyncio.sleep(0.2)
+        return f"not restarted within {timeout_s:g} s"
+
+    async def pause(self, target: str, duration_s: float) -> str:
+        """SIGSTOP a process for duration_s seconds, then SIGCONT it."""
+        entry = self.process(target)
+        fault_id = await self._injected("pause", target, pid=entry.pid, duration_s=duration_s)
+        _send(entry.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(duration_s)
+        finally:
+            # Resume even when cancelled: a stopped process would block the cluster's shutdown.
+            _send(entry.pid, signal.SIGCONT)
+        await self._cleared("pause", target, fault_id, "resumed")
+        return fault_id
+
+    # ---- BMC faults -----------------------------------------------------------------
+
+    async def bmc_fault(self, host: str, mode: str, duration_s: float, delay_s: float = 0.0) -> str:
+        """Make a host's Redfish service answer 500 (error), slowly (slow) or never (hang) for duration_s."""
+        self.config.host(host)
+        target = f"bmc:{host}"
+        fault_id = await self._injected(f"bmc-{mode}", target, duration_s=duration_s, delay_s=delay_s)
+        await self._bmc_command(host, mode, delay_s)
+        try:
+            await asyncio.sleep(duration_s)
+        finally:
+            await self._bmc_command(host, "none", 0.0)
+        await self._cleared(f"bmc-{mode}", target, fault_id, "answering normally")
+        return fault_id
+
+    async def _bmc_command(self, host: str, mode: str, delay_s: float) -> None:
+        # The BMC agent may itself be restarting; retry until it answers.
+        from .._agent import CommandTimeout
+
+        await retry(lambda: self.client.request(BMC_FAULT_SUBJECT, proto.BmcFault(host, mode, delay_s)),
+                    (CommandTimeout,), RESTART_WAIT_S)
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        # Already gone (killed by an earlier fault); the supervisor restarts it.
+        pass
+
+
+async def _quiet(_exc: Exception) -> None:
+    # Connection errors are expected while a fault restarts the broker; the client reconnects.
+    return None
+
+
+async def _quiet_event() -> None:
+    return None

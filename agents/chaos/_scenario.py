@@ -1,0 +1,188 @@
+"""Chaos scenarios: a TOML file of workload, duration and fault schedule, and its plan (pure).
+
+    [workload]            # options of `dcfleet up`
+    hosts = 4
+    vms = 12
+    time_scale = 600
+    power_interval_s = 2
+    vm_memory = "4M"
+
+    [run]
+    duration_s = 150      # from the first fault window to the stop
+    settle_s = 15         # quiet time after the last fault ends
+
+    [random]              # optional: `count` faults at seeded random times
+    count = 50
+    start_s = 5
+    end_s = 120
+    kinds = ["kill", "pause", "restart", "broker-kill", "bmc-error"]
+    targets = ["host-*", "power", "migration", "bmc", "dpu"]
+    pause_s = [1, 4]      # range of pause and BMC fault durations
+
+    [[fault]]             # optional: faults at fixed times
+    at_s = 20
+    kind = "kill"
+    target = "migration"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KINDS = ("kill", "pause", "restart", "broker-kill", "broker-pause", "bmc-error", "bmc-slow", "bmc-hang")
+# Kinds whose target is a host (its BMC) or the broker, not an agent process.
+BMC_KINDS = ("bmc-error", "bmc-slow", "bmc-hang")
+BROKER_KINDS = ("broker-kill", "broker-pause")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; names the file and the key."""
+
+    def __init__(self, path: Path | str, key: str, reason: str) -> None:
+        self.path = path
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{path}: {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    at_s: float
+    kind: str
+    target: str
+    duration_s: float = 0.0
+
+
+@dataclass
+class Scenario:
+    path: str
+    hosts: int = 3
+    vms: int | None = None
+    time_scale: float = 600.0
+    power_interval_s: float = 2.0
+    vm_memory: str = "4M"
+    duration_s: float = 60.0
+    settle_s: float = 10.0
+    random_count: int = 0
+    random_start_s: float = 5.0
+    random_end_s: float = 0.0
+    random_kinds: tuple[str, ...] = ("kill", "pause")
+    random_targets: tuple[str, ...] = ("host-*",)
+    pause_range_s: tuple[float, float] = (1.0, 3.0)
+    fixed: list[PlannedFault] = field(default_factory=list)
+
+    def agent_names(self) -> list[str]:
+        return [f"host-h{i + 1}" for i in range(self.hosts)] + ["bmc", "dpu", "migration", "power"]
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScenarioError(path, "file", "not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(path, "file", f"invalid TOML: {exc}") from None
+    return parse_scenario(raw, str(path))
+
+
+def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
+    unknown = sorted(set(raw) - {"workload", "run", "random", "fault"})
+    if unknown:
+        raise ScenarioError(path, unknown[0], "unknown table; expected workload, run, random, fault")
+    scenario = Scenario(path)
+    workload, run, rand = raw.get("workload", {}), raw.get("run", {}), raw.get("random")
+    scenario.hosts = _number(path, "workload.hosts", workload.get("hosts", 3), int, 1)
+    if "vms" in workload:
+        scenario.vms = _number(path, "workload.vms", workload["vms"], int, 0)
+    scenario.time_scale = _number(path, "workload.time_scale", workload.get("time_scale", 600), float, 1e-9)
+    scenario.power_interval_s = _number(path, "workload.power_interval_s", workload.get("power_interval_s", 2),
+                                        float, 0.5)
+    scenario.vm_memory = str(workload.get("vm_memory", "4M"))
+    scenario.duration_s = _number(path, "run.duration_s", run.get("duration_s", 60), float, 1.0)
+    scenario.settle_s = _number(path, "run.settle_s", run.get("settle_s", 10), float, 0.0)
+    if rand is not None:
+        _parse_random(path, rand, scenario)
+    for index, fault in enumerate(raw.get("fault", [])):
+        scenario.fixed.append(_parse_fixed(path, index, fault, scenario))
+    return scenario
+
+
+def _parse_random(path: str, rand: dict[str, Any], scenario: Scenario) -> None:
+    scenario.random_count = _number(path, "random.count", rand.get("count", 0), int, 0)
+    scenario.random_start_s = _number(path, "random.start_s", rand.get("start_s", 5), float, 0.0)
+    scenario.random_end_s = _number(path, "random.end_s", rand.get("end_s", scenario.duration_s), float,
+                                    scenario.random_start_s)
+    if scenario.random_end_s > scenario.duration_s:
+        raise ScenarioError(path, "random.end_s", f"{scenario.random_end_s} is after run.duration_s")
+    kinds = tuple(rand.get("kinds", scenario.random_kinds))
+    for kind in kinds:
+        _check_kind(path, "random.kinds", kind)
+    scenario.random_kinds = kinds
+    scenario.random_targets = tuple(str(t) for t in rand.get("targets", scenario.random_targets))
+    if not _match_agents(scenario, scenario.random_targets):
+        raise ScenarioError(path, "random.targets", f"no agent matches {list(scenario.random_targets)}")
+    pause = rand.get("pause_s", list(scenario.pause_range_s))
+    if not (isinstance(pause, list) and len(pause) == 2 and 0 < pause[0] <= pause[1]):
+        raise ScenarioError(path, "random.pause_s", f"expected [low, high] seconds with 0 < low <= high, got {pause}")
+    scenario.pause_range_s = (float(pause[0]), float(pause[1]))
+
+
+def _parse_fixed(path: str, index: int, fault: dict[str, Any], scenario: Scenario) -> PlannedFault:
+    key = f"fault[{index}]"
+    kind = _check_kind(path, f"{key}.kind", fault.get("kind"))
+    at_s = _number(path, f"{key}.at_s", fault.get("at_s"), float, 0.0)
+    lasting = kind in ("pause", "broker-pause") + BMC_KINDS
+    duration_s = _number(path, f"{key}.duration_s", fault.get("duration_s", 2.0), float, 0.0) if lasting else 0.0
+    if at_s + duration_s > scenario.duration_s:
+        raise ScenarioError(path, key, f"ends at {at_s + duration_s} s, after run.duration_s")
+    target = str(fault.get("target", ""))
+    if kind in BMC_KINDS and target not in [f"h{i + 1}" for i in range(scenario.hosts)]:
+        raise ScenarioError(path, f"{key}.target", f"{target!r} is not a host id (h1..h{scenario.hosts})")
+    if kind not in BMC_KINDS + BROKER_KINDS and target not in scenario.agent_names():
+        raise ScenarioError(path, f"{key}.target", f"{target!r} is not an agent ({', '.join(scenario.agent_names())})")
+    return PlannedFault(at_s, kind, "broker" if kind in BROKER_KINDS else target, duration_s)
+
+
+def _check_kind(path: str, key: str, kind: Any) -> str:
+    if kind not in KINDS:
+        raise ScenarioError(path, key, f"invalid fault kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def _number(path: str, key: str, value: Any, kind: type, minimum: float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ScenarioError(path, key, f"expected a{'n integer' if kind is int else ' number'}, got {value!r}")
+    if value < minimum:
+        raise ScenarioError(path, key, f"must be at least {minimum:g}, got {value}")
+    return kind(value)
+
+
+def _match_agents(scenario: Scenario, patterns: tuple[str, ...]) -> list[str]:
+    return [name for name in scenario.agent_names() if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def plan(scenario: Scenario, seed: int) -> list[PlannedFault]:
+    """The faults of a run in time order: the fixed ones and `random.count` drawn with `seed`."""
+    rng = random.Random(seed)
+    agents = _match_agents(scenario, scenario.random_targets)
+    hosts = [f"h{i + 1}" for i in range(scenario.hosts)]
+    faults = list(scenario.fixed)
+    for _ in range(scenario.random_count):
+        kind = rng.choice(scenario.random_kinds)
+        duration_s = round(rng.uniform(*scenario.pause_range_s), 2)
+        latest = max(scenario.random_start_s, scenario.random_end_s - duration_s)
+        at_s = round(rng.uniform(scenario.random_start_s, latest), 2)
+        if kind in BROKER_KINDS:
+            target = "broker"
+        elif kind in BMC_KINDS:
+            target = rng.choice(hosts)
+        else:
+            target = rng.choice(agents)
+        needs_duration = kind in ("pause", "broker-pause") + BMC_KINDS
+        faults.append(PlannedFault(at_s, kind, target, duration_s if needs_duration else 0.0))
+    return sorted(faults, key=lambda f: (f.at_s, f.kind, f.target))

@@ -1,0 +1,79 @@
+"""Scenario files: parsing, rejection of bad input, and the seeded fault plan."""
+
+from pathlib import Path
+
+import pytest
+
+from agents.chaos import KINDS, ScenarioError, load_scenario, parse_scenario, plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_scenarios_load():
+    for path in sorted((REPO / "scenarios").glob("*.toml")):
+        scenario = load_scenario(path)
+        assert plan(scenario, seed=1), path
+
+
+def test_fifty_faults_has_fifty_on_four_hosts():
+    scenario = load_scenario(REPO / "scenarios" / "fifty-faults.toml")
+    assert scenario.hosts == 4
+    assert len(plan(scenario, seed=1)) >= 50
+
+
+def test_plan_repeats_for_same_seed():
+    scenario = load_scenario(REPO / "scenarios" / "fifty-faults.toml")
+    assert plan(scenario, 7) == plan(scenario, 7)
+    assert plan(scenario, 7) != plan(scenario, 8)
+
+
+def test_plan_stays_inside_window():
+    scenario = load_scenario(REPO / "scenarios" / "fifty-faults.toml")
+    for fault in plan(scenario, 3):
+        assert fault.kind in KINDS
+        assert scenario.random_start_s <= fault.at_s
+        assert fault.at_s + fault.duration_s <= scenario.random_end_s + 0.01
+
+
+def test_plan_targets_match_kinds():
+    scenario = load_scenario(REPO / "scenarios" / "fifty-faults.toml")
+    for fault in plan(scenario, 5):
+        if fault.kind.startswith("broker"):
+            assert fault.target == "broker"
+        elif fault.kind.startswith("bmc"):
+            assert fault.target in {"h1", "h2", "h3", "h4"}
+        else:
+            assert fault.target in scenario.agent_names()
+
+
+def test_fixed_faults_sorted_by_time():
+    scenario = parse_scenario({"run": {"duration_s": 30}, "fault": [
+        {"at_s": 9, "kind": "kill", "target": "power"},
+        {"at_s": 2, "kind": "pause", "target": "host-h1", "duration_s": 1},
+    ]})
+    assert [(f.at_s, f.kind, f.duration_s) for f in plan(scenario, 1)] == [(2.0, "pause", 1.0), (9.0, "kill", 0.0)]
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"workload": {"hosts": 0}}, "workload.hosts"),
+    ({"workload": {"hosts": "4"}}, "workload.hosts"),
+    ({"fault": [{"at_s": 1, "kind": "explode", "target": "power"}]}, "fault[0].kind"),
+    ({"fault": [{"at_s": 1, "kind": "kill", "target": "host-h9"}]}, "fault[0].target"),
+    ({"fault": [{"at_s": 1, "kind": "bmc-error", "target": "power"}]}, "fault[0].target"),
+    ({"run": {"duration_s": 10}, "fault": [{"at_s": 9, "kind": "pause", "target": "power", "duration_s": 5}]},
+     "fault[0]"),
+    ({"random": {"count": 3, "targets": ["nothing-*"]}}, "random.targets"),
+    ({"random": {"count": 3, "pause_s": [3, 1]}}, "random.pause_s"),
+    ({"chaos": {}}, "chaos"),
+])
+def test_invalid_scenario_rejected(raw, key):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario(raw, "s.toml")
+    assert error.value.key == key
+
+
+def test_invalid_toml_rejected(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[workload\nhosts = 3")
+    with pytest.raises(ScenarioError, match="invalid TOML"):
+        load_scenario(path)
