@@ -1,46 +1,45 @@
-"""The BMC agent process: a Redfish service on its own port for every host.
+"""The BMC agent process: a Redfish service (agents.redfish) over HTTPS on its own port for every host.
 
-Power actions go to the host agent over the bus; DPU state comes from the DPU
-agent.
+Each service's backend reaches the host agent and the DPU agent over the bus
+(agents.bmc._backend). The process must run with AIOHTTP_NO_EXTENSIONS=1 (`dcfleet up` sets
+it when it spawns this agent): aiohttp's C HTTP parser returns 400 to an unknown method before
+the application sees it, where Redfish requires 405 or 501.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
-import json
-from pathlib import Path
+import os
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_parser, web
 
 import proto
-from proto import subjects
+from agents import redfish
 
-from .._agent import Agent, CommandFailed, CommandTimeout
-from .._config import ClusterConfig, HostConfig
+from .. import _bus
+from .._agent import Agent, HandlerError
+from .._capsule_keys import load_trusted_cert
+from .._config import ClusterConfig, ConfigError, HostConfig
+from ..chaos._bmc_faults import BMC_FAULT_SUBJECT, BmcFaultRejected, BmcFaults
+from ._backend import BusBackend
+from ._material import credentials
 
-RESET_TYPES = ["On", "ForceOff", "GracefulShutdown", "ForceRestart"]
-MAX_BODY_BYTES = 64 * 1024
+DEFAULT_DOWNLOAD_TIMEOUT_S = 30.0
+# Overrides the SimpleUpdate download timeout, in seconds (tests shorten it).
+DOWNLOAD_TIMEOUT_ENV = "DCFLEET_BMC_DOWNLOAD_TIMEOUT_S"
 
 
-def redfish_error(status: int, message_id: str, message: str) -> web.Response:
-    body = {
-        "error": {
-            "code": f"Base.1.22.{message_id}",
-            "message": message,
-            "@Message.ExtendedInfo": [
-                {
-                    "@odata.type": "#Message.v1_1_1.Message",
-                    "MessageId": f"Base.1.22.{message_id}",
-                    "Message": message,
-                    "Severity": "Critical" if status >= 500 else "Warning",
-                }
-            ],
-        }
-    }
-    return web.json_response(body, status=status, headers={"OData-Version": "4.0"})
+def download_timeout_s() -> float:
+    text = os.environ.get(DOWNLOAD_TIMEOUT_ENV)
+    if not text:
+        return DEFAULT_DOWNLOAD_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"invalid {DOWNLOAD_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return value
 
 
 class BmcAgent(Agent):
@@ -48,162 +47,57 @@ class BmcAgent(Agent):
 
     def __init__(self, config: ClusterConfig, agent_id: str = "bmc") -> None:
         super().__init__(config, agent_id)
-        self.password = Path(config.bmc_password_file()).read_text().strip()
-        self.runners: list[web.AppRunner] = []
+        self.credentials = credentials(config)
+        self.trusted_cert = load_trusted_cert(config.state_dir)
+        self.tls = _bus.redfish_server_ssl(config)
+        self.download_ssl = _bus.redfish_client_ssl(config)
+        self.download_timeout_s = download_timeout_s()
+        self.services: list[redfish.RunningService] = []
+        self.faults = BmcFaults([h.id for h in config.hosts])
 
     async def start(self) -> None:
+        if http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy:
+            self.log.warning("bmc.c_http_parser", detail="AIOHTTP_NO_EXTENSIONS is not set: unknown HTTP "
+                             "methods get 400 instead of 405")
+        await self.serve(BMC_FAULT_SUBJECT, {proto.BmcFault: self.on_fault})
         for host in self.config.hosts:
-            runner = web.AppRunner(self._app(host), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", host.bmc_port).start()
-            self.runners.append(runner)
-            self.log.info("bmc.listening", host=host.id, port=host.bmc_port)
+            service = await redfish.serve(self._app(host), "127.0.0.1", host.bmc_port, ssl_context=self.tls)
+            self.services.append(service)
+            self.log.info("bmc.listening", host=host.id, url=f"https://127.0.0.1:{service.port}")
+
+    async def on_fault(self, message: proto.BmcFault, _msg: Any) -> dict[str, Any]:
+        try:
+            self.faults.set(message.host, message.mode, message.delay_s)
+        except BmcFaultRejected as exc:
+            raise HandlerError(str(exc)) from None
+        self.log.info("bmc.fault", host=message.host, mode=message.mode, delay_s=message.delay_s)
+        return {"host": message.host, "mode": message.mode}
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
+        for service in self.services:
+            await service.close()
 
     def _app(self, host: HostConfig) -> web.Application:
-        app = web.Application(middlewares=[self._auth_middleware], client_max_size=MAX_BODY_BYTES)
-        app["host"] = host
-        app.router.add_get("/redfish", self.versions)
-        app.router.add_get("/redfish/v1/", self.service_root)
-        app.router.add_get("/redfish/v1/Systems", self.systems)
-        app.router.add_get("/redfish/v1/Systems/{system}", self.system)
-        app.router.add_post("/redfish/v1/Systems/{system}/Actions/ComputerSystem.Reset", self.reset)
+        app = redfish.create_app(
+            BusBackend(self, host, self.config.state_dir), credentials=self.credentials,
+            trusted_capsule_cert=self.trusted_cert, download_timeout_s=self.download_timeout_s,
+            download_ssl=self.download_ssl, manager_id="BMC",
+        )
+        # Outermost, so an injected fault applies before authentication, as a failing BMC would.
+        app.middlewares.insert(0, self._fault_middleware(host.id))
         return app
 
-    @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in ("/redfish", "/redfish/v1/", "/redfish/v1") and not self._authorized(request):
-            response = redfish_error(401, "NoValidSession", "Valid credentials are required (HTTP Basic).")
-            response.headers["WWW-Authenticate"] = 'Basic realm="dcfleet BMC"'
-            return response
-        try:
+    def _fault_middleware(self, host_id: str) -> Any:
+        def injected_error() -> web.Response:
+            body = redfish.error_body([redfish.message("Base.InternalError",
+                                                       detail="The BMC failed (injected fault).")])
+            return web.json_response(body, status=500, headers={"OData-Version": "4.0"})
+
+        @web.middleware
+        async def fault_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+            injected = await self.faults.before_request(host_id, injected_error)
+            if injected is not None:
+                return injected
             return await handler(request)
-        except web.HTTPMethodNotAllowed as exc:
-            response = redfish_error(405, "OperationNotAllowed", f"{request.method} is not allowed on {request.path}.")
-            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-            return response
-        except web.HTTPNotFound:
-            return redfish_error(404, "ResourceMissingAtURI", f"The resource at {request.path} was not found.")
-        except web.HTTPRequestEntityTooLarge:
-            return redfish_error(413, "PayloadTooLarge", f"Request bodies are limited to {MAX_BODY_BYTES} bytes.")
 
-    def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return hmac.compare_digest(user, self.config.bmc_username) and hmac.compare_digest(password, self.password)
-
-    # ---- resources ------------------------------------------------------------
-
-    async def versions(self, _request: web.Request) -> web.Response:
-        return web.json_response({"v1": "/redfish/v1/"})
-
-    async def service_root(self, request: web.Request) -> web.Response:
-        host: HostConfig = request.app["host"]
-        return web.json_response({
-            "@odata.id": "/redfish/v1/",
-            "@odata.type": "#ServiceRoot.v1_17_0.ServiceRoot",
-            "Id": "RootService",
-            "Name": f"dcfleet BMC of {host.id}",
-            "RedfishVersion": "1.21.0",
-            "Systems": {"@odata.id": "/redfish/v1/Systems"},
-        })
-
-    async def systems(self, request: web.Request) -> web.Response:
-        host: HostConfig = request.app["host"]
-        members = [{"@odata.id": f"/redfish/v1/Systems/{sid}"} for sid in (host.id, f"{host.id}-dpu")]
-        return web.json_response({
-            "@odata.id": "/redfish/v1/Systems",
-            "@odata.type": "#ComputerSystemCollection.ComputerSystemCollection",
-            "Name": "Computer System Collection",
-            "Members": members,
-            "Members@odata.count": len(members),
-        })
-
-    async def system(self, request: web.Request) -> web.Response:
-        host: HostConfig = request.app["host"]
-        system_id = request.match_info["system"]
-        if system_id == host.id:
-            return web.json_response(await self._host_system(host))
-        if system_id == f"{host.id}-dpu":
-            return web.json_response(await self._dpu_system(host, system_id))
-        return redfish_error(404, "ResourceMissingAtURI", f"The resource at {request.path} was not found.")
-
-    async def _host_system(self, host: HostConfig) -> dict[str, Any]:
-        try:
-            status = await self.request(subjects.host_command(host.id, "status"), proto.HostStatusRequest(), 2.0)
-            power_state, health = status["power_state"], "OK" if status["booted"] or status["power_state"] == "Off" else "Critical"
-        except (CommandFailed, CommandTimeout):
-            power_state, health = None, "Critical"
-        return {
-            "@odata.id": f"/redfish/v1/Systems/{host.id}",
-            "@odata.type": "#ComputerSystem.v1_22_0.ComputerSystem",
-            "Id": host.id,
-            "Name": f"Host {host.id}",
-            "SystemType": "Physical",
-            "Model": host.model,
-            "PowerState": power_state,
-            "Status": {"State": "Enabled", "Health": health},
-            "ProcessorSummary": {"Count": host.cores},
-            "Actions": {
-                "#ComputerSystem.Reset": {
-                    "target": f"/redfish/v1/Systems/{host.id}/Actions/ComputerSystem.Reset",
-                    "ResetType@Redfish.AllowableValues": RESET_TYPES,
-                }
-            },
-        }
-
-    async def _dpu_system(self, host: HostConfig, dpu_id: str) -> dict[str, Any]:
-        try:
-            status = await self.request(subjects.dpu_command(dpu_id, "status"), proto.DpuStatusRequest(dpu_id), 2.0)
-            state, version = status["state"], status["os_version"]
-        except (CommandFailed, CommandTimeout):
-            state, version = "Unknown", None
-        return {
-            "@odata.id": f"/redfish/v1/Systems/{dpu_id}",
-            "@odata.type": "#ComputerSystem.v1_22_0.ComputerSystem",
-            "Id": dpu_id,
-            "Name": f"DPU of {host.id}",
-            "SystemType": "DPU",
-            "BiosVersion": version,
-            "Status": {"State": "Enabled" if state == "Running" else "StandbyOffline", "Health": "OK"},
-        }
-
-    async def reset(self, request: web.Request) -> web.Response:
-        host: HostConfig = request.app["host"]
-        if request.match_info["system"] != host.id:
-            return redfish_error(404, "ResourceMissingAtURI", f"The resource at {request.path} was not found.")
-        try:
-            body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return redfish_error(400, "MalformedJSON", "The request body is not valid JSON.")
-        if not isinstance(body, dict):
-            return redfish_error(400, "MalformedJSON", "The request body must be a JSON object.")
-        unknown = sorted(set(body) - {"ResetType"})
-        if unknown:
-            return redfish_error(400, "ActionParameterUnknown", f"Unknown parameter {unknown[0]} for ComputerSystem.Reset.")
-        reset_type = body.get("ResetType")
-        if reset_type is None:
-            return redfish_error(400, "ActionParameterMissing", "ComputerSystem.Reset requires the parameter ResetType.")
-        if reset_type not in RESET_TYPES:
-            return redfish_error(
-                400, "ActionParameterValueNotInList",
-                f"The value {reset_type!r} for ResetType is not one of {', '.join(RESET_TYPES)}.",
-            )
-        try:
-            await self.request(
-                subjects.host_command(host.id, "power"), proto.HostPower(action=reset_type, via="redfish"), 10.0
-            )
-        except CommandFailed as exc:
-            return redfish_error(409, "ActionNotSupported", f"ComputerSystem.Reset {reset_type} failed: {exc.error}")
-        except CommandTimeout:
-            return redfish_error(503, "ServiceTemporarilyUnavailable", f"Host {host.id} did not respond.")
-        self.log.info("bmc.reset", host=host.id, reset_type=reset_type)
-        return web.Response(status=204, headers={"OData-Version": "4.0"})
+        return fault_middleware

@@ -1,0 +1,271 @@
+"""The host's DPU management OS installer, a Redfish client of the host's own BMC.
+
+For each DPU the BMC lists (`Systems` members with `"SystemType": "DPU"`), the installer picks
+the catalog image for the DPU's model, wraps it in an FMP capsule signed with the cluster's
+capsule signer and the next MonotonicCount, serves it from its own HTTP server on loopback, and
+hands the URI to the BMC with `UpdateService.SimpleUpdate` (Targets: the DPU's updateable
+FirmwareInventory entry). It follows the task monitor until the task ends and publishes
+`dpu.provision_started`, `dpu.provision_progress`, then `dpu.provisioned` or
+`dpu.provision_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+import proto
+from agents import capsule
+
+from .. import _bus
+from .._agent import HandlerError
+from .._capsule_keys import load_signer, next_monotonic_count
+from .._config import ConfigError
+from ..bmc._material import account, read_password
+from ._dpu_catalog import CatalogError, CatalogImage, ImageNotFound, choose_image, load_catalog
+
+if TYPE_CHECKING:
+    from .._agent import Agent
+
+V1 = "/redfish/v1"
+REDFISH_TIMEOUT_S = 15.0
+TASK_POLL_S = 0.5
+# Maximum time a provision follows one BMC task before it reports the task as stuck.
+TASK_TIMEOUT_S = 600.0
+FINAL_TASK_STATES = ("Completed", "Killed", "Exception", "Cancelled")
+
+
+class ProvisionFailed(Exception):
+    """A provisioning step failed; `task_state` is the BMC task's TaskState once it exists."""
+
+    def __init__(self, reason: str, task_state: str = "") -> None:
+        self.reason = reason
+        self.task_state = task_state
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class DpuTarget:
+    dpu_id: str
+    model: str
+    inventory_uri: str
+
+
+@dataclass(frozen=True)
+class Provision:
+    provision_id: str
+    target: DpuTarget
+    image: CatalogImage
+
+
+class DpuInstaller:
+    """Provisions the DPUs of one host through its BMC; one per host agent."""
+
+    def __init__(self, agent: "Agent", host_id: str) -> None:
+        self.agent = agent
+        self.host_id = host_id
+        self.capsules: dict[str, bytes] = {}
+        self.runner: web.AppRunner | None = None
+        self.base_url = ""
+        self.busy: set[str] = set()
+
+    # ---- entry point ---------------------------------------------------------------
+
+    async def provision(self, image_name: str) -> dict[str, Any]:
+        """Start provisioning every DPU of the host; return the provision ids at once."""
+        try:
+            catalog = load_catalog()
+            async with self._redfish() as http:
+                targets = await self._list_dpus(http)
+        except (CatalogError, ConfigError, ProvisionFailed) as exc:
+            raise HandlerError(f"cannot provision the DPUs of {self.host_id}: {exc}") from None
+        if not targets:
+            raise HandlerError(f"the BMC of {self.host_id} lists no DPU")
+        provisions = []
+        for target in targets:
+            if target.dpu_id in self.busy:
+                raise HandlerError(f"DPU {target.dpu_id} is already being provisioned")
+            try:
+                image = choose_image(catalog, target.model, image_name)
+            except ImageNotFound as exc:
+                raise HandlerError(str(exc)) from None
+            provisions.append(Provision(f"prov-{uuid.uuid4().hex[:12]}", target, image))
+        await self._ensure_server()
+        for provision in provisions:
+            self.busy.add(provision.target.dpu_id)
+            self.agent.spawn(self._run(provision), f"provision {provision.target.dpu_id}")
+        return {"provisions": [{"provision": p.provision_id, "dpu": p.target.dpu_id, "image": p.image.name,
+                                "version": p.image.version} for p in provisions]}
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    # ---- one DPU -------------------------------------------------------------------
+
+    async def _run(self, provision: Provision) -> None:
+        log = self.agent.log.bind(provision=provision.provision_id, dpu=provision.target.dpu_id,
+                                  image=provision.image.name)
+        try:
+            task_uri, version = await self._provision(provision)
+        except ProvisionFailed as exc:
+            log.warning("dpu.provision_failed", reason=exc.reason, task_state=exc.task_state)
+            await self.agent.publish(proto.DpuProvisionFailed(
+                provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
+                image=provision.image.name, reason=exc.reason, task_state=exc.task_state))
+        else:
+            log.info("dpu.provisioned", version=version, task=task_uri)
+            await self.agent.publish(proto.DpuProvisioned(
+                provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
+                image=provision.image.name, version=version, task_uri=task_uri))
+        finally:
+            self.capsules.pop(provision.provision_id, None)
+            self.busy.discard(provision.target.dpu_id)
+
+    async def _provision(self, provision: Provision) -> tuple[str, str]:
+        """Run one provision; return the task URI and the version FirmwareInventory then reports."""
+        image_uri, monotonic_count = await self._publish_capsule(provision)
+        await self.agent.publish(proto.DpuProvisionStarted(
+            provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
+            image=provision.image.name, version=provision.image.version, monotonic_count=monotonic_count,
+            image_uri=image_uri))
+        async with self._redfish() as http:
+            monitor_uri = await self._simple_update(http, image_uri, provision.target.inventory_uri)
+            task = await self._follow(http, provision, monitor_uri)
+            if task.get("TaskState") != "Completed":
+                raise ProvisionFailed(_task_reason(task), task.get("TaskState", ""))
+            inventory = await self._get(http, provision.target.inventory_uri)
+        return task.get("@odata.id", monitor_uri), inventory.get("Version", "")
+
+    async def _publish_capsule(self, provision: Provision) -> tuple[str, int]:
+        """Build and sign the capsule, and serve it; return its URI and MonotonicCount."""
+        try:
+            image = await asyncio.to_thread(provision.image.read)
+            signer = await asyncio.to_thread(load_signer, self.agent.config.state_dir)
+            monotonic_count = await asyncio.to_thread(next_monotonic_count, self.agent.config.state_dir)
+        except (CatalogError, ConfigError) as exc:
+            raise ProvisionFailed(str(exc)) from None
+        data = await asyncio.to_thread(
+            capsule.build_capsule, image, fw_version=provision.image.fw_version, monotonic_count=monotonic_count,
+            signer_cert=signer.cert, signer_key=signer.key)
+        self.capsules[provision.provision_id] = data
+        return f"{self.base_url}/capsules/{provision.provision_id}.cap", monotonic_count
+
+    # ---- Redfish calls -------------------------------------------------------------
+
+    def _redfish(self) -> aiohttp.ClientSession:
+        config = self.agent.config
+        operator = account(config, "Operator")
+        return aiohttp.ClientSession(
+            base_url=_bus.redfish_base_url(config, config.host(self.host_id)),
+            auth=aiohttp.BasicAuth(operator.user, read_password(operator)),
+            timeout=aiohttp.ClientTimeout(total=REDFISH_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(ssl=_bus.redfish_client_ssl(config)),
+        )
+
+    async def _get(self, http: aiohttp.ClientSession, uri: str) -> dict[str, Any]:
+        try:
+            async with http.get(uri) as response:
+                body = await response.json(content_type=None)
+                if response.status >= 400:
+                    raise ProvisionFailed(f"GET {uri}: HTTP {response.status}: {_error_text(body)}")
+                return body
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise ProvisionFailed(f"GET {uri} failed: {exc!r}") from None
+
+    async def _list_dpus(self, http: aiohttp.ClientSession) -> list[DpuTarget]:
+        systems = await self._get(http, f"{V1}/Systems")
+        dpus = []
+        for member in systems.get("Members", []):
+            system = await self._get(http, member["@odata.id"])
+            if system.get("SystemType") == "DPU":
+                dpus.append((system["Id"], system.get("Model", ""), member["@odata.id"]))
+        if not dpus:
+            return []
+        inventory = await self._get(http, f"{V1}/UpdateService/FirmwareInventory")
+        entries = [await self._get(http, m["@odata.id"]) for m in inventory.get("Members", [])]
+        targets = []
+        for dpu_id, model, system_uri in dpus:
+            for entry in entries:
+                related = {item.get("@odata.id") for item in entry.get("RelatedItem", [])}
+                if entry.get("Updateable") and system_uri in related:
+                    targets.append(DpuTarget(dpu_id, model, entry["@odata.id"]))
+                    break
+            else:
+                raise ProvisionFailed(f"the BMC lists no updateable firmware for DPU {dpu_id}")
+        return targets
+
+    async def _simple_update(self, http: aiohttp.ClientSession, image_uri: str, target_uri: str) -> str:
+        uri = f"{V1}/UpdateService/Actions/UpdateService.SimpleUpdate"
+        body = {"ImageURI": image_uri, "TransferProtocol": "HTTP", "Targets": [target_uri]}
+        try:
+            async with http.post(uri, json=body) as response:
+                reply = await response.json(content_type=None)
+                if response.status != 202 or "Location" not in response.headers:
+                    raise ProvisionFailed(f"SimpleUpdate: HTTP {response.status}: {_error_text(reply)}")
+                return response.headers["Location"]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise ProvisionFailed(f"SimpleUpdate failed: {exc!r}") from None
+
+    async def _follow(self, http: aiohttp.ClientSession, provision: Provision, monitor_uri: str) -> dict[str, Any]:
+        """Poll the task monitor until the task ends; publish each change of state or percentage."""
+        deadline = asyncio.get_running_loop().time() + TASK_TIMEOUT_S
+        reported: tuple[str, int] | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            task = await self._get(http, monitor_uri)
+            state, percent = task.get("TaskState", ""), int(task.get("PercentComplete", 0))
+            if (state, percent) != reported:
+                reported = (state, percent)
+                await self.agent.publish(proto.DpuProvisionProgress(
+                    provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
+                    task_state=state, percent_complete=percent))
+            if state in FINAL_TASK_STATES:
+                return task
+            await asyncio.sleep(TASK_POLL_S)
+        raise ProvisionFailed(f"the BMC task at {monitor_uri} did not finish within {TASK_TIMEOUT_S:g} s",
+                              reported[0] if reported else "")
+
+    # ---- image server --------------------------------------------------------------
+
+    async def _ensure_server(self) -> None:
+        if self.runner is not None:
+            return
+        app = web.Application()
+        app.router.add_get("/capsules/{name}", self._serve_capsule)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.runner = runner
+        self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self.agent.log.info("dpu_installer.listening", url=self.base_url)
+
+    async def _serve_capsule(self, request: web.Request) -> web.Response:
+        data = self.capsules.get(request.match_info["name"].removesuffix(".cap"))
+        if data is None:
+            raise web.HTTPNotFound(text="no capsule with this name is being provisioned\n")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _error_text(body: Any) -> str:
+    """Return the messages of a Redfish error object, or the body itself."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        infos = body["error"].get("@Message.ExtendedInfo") or []
+        texts = [i.get("Message", "") for i in infos if isinstance(i, dict)]
+        return " ".join(texts) or str(body["error"].get("message", ""))
+    return str(body)[:300]
+
+
+def _task_reason(task: dict[str, Any]) -> str:
+    """Return the last message of a failed task, which states why it failed."""
+    messages = [m.get("Message", "") for m in task.get("Messages", []) if isinstance(m, dict)]
+    return messages[-1] if messages else f"the task ended {task.get('TaskState', 'without a state')}"
