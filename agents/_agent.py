@@ -17,7 +17,9 @@ from nats.js.errors import BadRequestError
 import proto
 from proto import subjects
 
+from . import _bus, _metrics
 from ._config import ClusterConfig
+from ._supervise import retry
 
 Handler = Callable[[Any, Msg], Awaitable[dict[str, Any] | None]]
 
@@ -25,6 +27,11 @@ Handler = Callable[[Any, Msg], Awaitable[dict[str, Any] | None]]
 # seconds, instead of nats-py's default of about four minutes.
 PING_INTERVAL_S = 1
 MAX_OUTSTANDING_PINGS = 3
+# How long an event publish retries through a broker outage before it raises.
+PUBLISH_RETRY_S = 60.0
+PUBLISH_RETRY_ERRORS = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                        nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError,
+                        asyncio.TimeoutError)
 
 
 class CommandFailed(RuntimeError):
@@ -49,9 +56,16 @@ class HandlerError(Exception):
     """Raised by a handler to return an error reply without logging a traceback."""
 
 
-async def connect(url: str, name: str, log: Any) -> nats.NATS:
+async def connect(
+    url: str | list[str], name: str, log: Any,
+    error_cb: Callable[[Exception], Awaitable[None]] | None = None, **options: Any,
+) -> nats.NATS:
+    """Connect with dcfleet's timeouts; `options` (credentials, TLS) go to nats.connect."""
+
     async def on_error(exc: Exception) -> None:
         log.warning("bus.error", error=str(exc), error_type=type(exc).__name__)
+        if error_cb is not None:
+            await error_cb(exc)
 
     async def on_disconnected() -> None:
         log.warning("bus.disconnected")
@@ -70,15 +84,17 @@ async def connect(url: str, name: str, log: Any) -> nats.NATS:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        **options,
     )
 
 
-async def ensure_event_stream(js: Any) -> None:
+async def ensure_event_stream(js: Any, replicas: int = 1) -> None:
     config = StreamConfig(
         name=subjects.EVENTS_STREAM,
         subjects=[subjects.EVENTS_ALL],
         storage=StorageType.FILE,
         duplicate_window=120.0,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
@@ -106,13 +122,17 @@ class Agent:
 
     # ---- lifecycle ---------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, handle_signals: bool = True) -> None:
+        """Run until stopped; a process running many agents passes handle_signals=False."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
             loop.add_signal_handler(signum, self.request_stop, f"signal {signal.Signals(signum).name}")
-        self.nc = await connect(self.config.nats_url, self.source, self.log)
+        self.nc = await connect(
+            _bus.server_urls(self.config), self.source, self.log,
+            error_cb=self._on_bus_error, **_bus.connect_options(self.config, self.source),
+        )
         self.js = self.nc.jetstream()
-        await ensure_event_stream(self.js)
+        await ensure_event_stream(self.js, self.config.event_replicas)
         try:
             await self.start()
             await self.publish(proto.AgentStarted(agent=self.source, kind=self.kind, pid=os.getpid()))
@@ -120,6 +140,9 @@ class Agent:
             await self._stopping.wait()
         finally:
             await self._shutdown()
+
+    async def _on_bus_error(self, exc: Exception) -> None:
+        await _bus.on_agent_bus_error(self, exc)
 
     def request_stop(self, reason: str = "requested") -> None:
         self._stop_reason = reason
@@ -172,14 +195,22 @@ class Agent:
     async def publish(self, message: proto.Message) -> None:
         """Publish an event to the durable event stream and wait for its ack."""
         envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
-        await self.js.publish(
-            subjects.event(message.TYPE),
-            proto.encode(envelope),
-            headers={"Nats-Msg-Id": envelope.id},
-        )
+
+        async def publish_once() -> None:
+            await self.js.publish(
+                subjects.event_from(self.source, message.TYPE),
+                proto.encode(envelope),
+                headers={"Nats-Msg-Id": envelope.id},
+            )
+
+        # While the broker restarts, retry with the same Nats-Msg-Id: the stream
+        # stores the event once even if an earlier attempt was stored unacknowledged.
+        await retry(publish_once, PUBLISH_RETRY_ERRORS, PUBLISH_RETRY_S)
+        _metrics.event_published(self.source, message)
 
     async def request(self, subject: str, message: proto.Message, timeout_s: float = 5.0) -> dict[str, Any]:
         """Send a command and return the result of a successful reply."""
+        _metrics.message_sent(self.source, "command")
         try:
             reply_msg = await self.nc.request(subject, self.envelope(message), timeout=timeout_s)
         except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
@@ -226,7 +257,8 @@ class Agent:
             return
         self.log.debug("command.received", subject=msg.subject, type=envelope.type, id=envelope.id)
         try:
-            result = await handler(message, msg)
+            with _metrics.handling(self.source, envelope.type):
+                result = await handler(message, msg)
         except HandlerError as exc:
             await self._reply(msg, proto.Reply(ok=False, error=str(exc)))
             return

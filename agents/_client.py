@@ -12,6 +12,7 @@ import proto
 
 from ._agent import CommandFailed, CommandTimeout
 from ._config import ClusterConfig, ConfigError, pid_alive
+from ._bus import operator_options_for
 from ._locate import broker_url, resolve_state_dir
 
 
@@ -44,7 +45,8 @@ class ClusterClient:
     async def publish_event(self, message: proto.Message) -> None:
         envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
         await self.js.publish(
-            proto.subjects.event(message.TYPE), proto.encode(envelope), headers={"Nats-Msg-Id": envelope.id}
+            proto.subjects.event_from(self.source, message.TYPE), proto.encode(envelope),
+            headers={"Nats-Msg-Id": envelope.id},
         )
 
 
@@ -64,7 +66,8 @@ async def cluster_client(
         if require_running and not (config.running and pid_alive(config.supervisor_pid)):
             raise ConfigError(f"the cluster in {directory} is not running; start it with `dcfleet up`")
     async with broker_url(state_dir, nats_url) as url:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3)
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=3,
+                                **operator_options_for(state_dir, url))
         try:
             yield ClusterClient(nc, source, config)
         finally:

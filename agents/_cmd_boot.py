@@ -105,22 +105,25 @@ def _add_boot_parser(commands: argparse._SubParsersAction) -> None:
 
 def _add_inject_parser(commands: argparse._SubParsersAction, add_cluster_options) -> None:
     from .host._boot_faults import FAULT_OPERATIONS
+    from .host._memory_faults import add_memory_error_options
 
     inject = commands.add_parser(
         "inject", help="inject a boot fault into a host of a running cluster",
         description="Damage a host's boot bank or state, then restart the host through its BMC (Redfish "
         "ComputerSystem.Reset, ResetType ForceRestart) so the fault shows as host.boot_failed at the next "
         "boot. tamper flips a byte of the component image, revoke lists its SHA-256 in the host's dbx, "
-        "rollback raises the host's SbatLevel above the image's generation.",
+        "rollback raises the host's SbatLevel above the image's generation. memory-error marks a host "
+        "frame with an uncorrectable memory error, known or --latent, without a restart.",
     )
-    inject.add_argument("fault", choices=FAULT_OPERATIONS, help="the fault to inject")
+    inject.add_argument("fault", choices=FAULT_OPERATIONS + ("memory-error",), help="the fault to inject")
     inject.add_argument("--host", required=True, help="host id, e.g. h2")
-    inject.add_argument("--module", required=True, metavar="NAME",
-                        help="loader, kernel, verifier, or a module name such as vmx")
+    inject.add_argument("--module", metavar="NAME",
+                        help="loader, kernel, verifier, or a module name such as vmx (required for boot faults)")
     inject.add_argument("--no-reboot", action="store_true",
                         help="only change the files; the fault shows at the host's next boot")
     inject.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="how long to wait for the host's boot event after the restart (default: 30)")
+    add_memory_error_options(inject)
     add_cluster_options(inject)
 
 
@@ -134,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
             return _run_boot_provision(args)
         if args.command == "boot":
             return _run_boot_verify(args)
+        if args.fault == "memory-error":
+            from .host._memory_faults import run_inject_memory_error
+
+            return asyncio.run(run_inject_memory_error(args))
+        if args.module is None:
+            raise ConfigError(f"{args.fault} needs --module NAME")
         return asyncio.run(_run_inject(args))
     except sb.InvalidInput as error:
         raise ConfigError(str(error)) from None

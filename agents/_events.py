@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 import proto
 from proto import subjects
 
+from ._bus import operator_options_for
 from ._locate import broker_url
 
 
@@ -49,7 +50,8 @@ async def print_events(
     state_dir: str | None, nats_url: str | None, follow: bool, as_json: bool, pattern: str | None
 ) -> int:
     async with broker_url(state_dir, nats_url) as url:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2,
+                                **operator_options_for(state_dir, url))
         try:
             return await _print_from(nc, follow, as_json, pattern)
         finally:

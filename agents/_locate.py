@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from ._config import ClusterConfig, ConfigError, default_state_dir, pid_alive
+from ._broker_cluster import reopen_brokers, wait_until_ready
 from ._nats_server import NatsServer
 
 
@@ -35,10 +36,11 @@ async def broker_url(state_dir: str | None, nats_url: str | None) -> AsyncIterat
             f"the cluster in {directory} is not running and has no stored event stream; "
             "pass --nats URL if it runs on an external broker"
         )
-    server = NatsServer(Path(config.store_dir), directory / "logs" / "nats-server-readonly.log",
-                        name="dcfleet-reader")
+    server = reopen_brokers(config) or NatsServer(
+        Path(config.store_dir), directory / "logs" / "nats-server-readonly.log", name="dcfleet-reader")
     server.start()
     try:
+        await wait_until_ready(server, config)
         yield server.url
     finally:
         server.stop()

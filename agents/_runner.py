@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from . import _log
+from proto import subjects
+
+from . import _log, _metrics
 from ._config import ClusterConfig
 
 
@@ -27,5 +29,6 @@ def run_agent(kind: str, agent_id: str | None, state_dir: Path, log_level: str |
         raise SystemExit(f"unknown agent kind {kind!r}")
     agent = cls(config, agent_id or kind)
     _log.configure(log_level, agent=agent.source)
+    _metrics.serve(state_dir, subjects.source_token(agent.source))
     asyncio.run(agent.run())
     return 0

@@ -29,6 +29,7 @@ from ._supervise import PidRegistry, ProcessEntry
 from ._summary import Summary
 from ._workload import VM_TYPES_MIPS, default_trace_dir, load_traces
 from .host._secure_boot import prepare_secure_boot
+from .bmc._material import prepare_bmc_material
 from .host._hardware import HOST_MODELS
 from .host._host_memory import host_arch
 
@@ -123,7 +124,8 @@ def _power_config(options: UpOptions) -> PowerConfig:
 
 def prepare_state(config: ClusterConfig) -> None:
     """Write the BMC password and the secure boot material: cluster keys, golden bank and reference
-    manifest, and a boot bank and host state for each host that has none."""
+    manifest, and a boot bank and host state for each host that has none. Then the BMC accounts,
+    HTTPS certificates and capsule signing keys (agents.bmc._material)."""
     state = Path(config.state_dir)
     (state / "logs").mkdir(parents=True, exist_ok=True)
     password_file = config.bmc_password_file()
@@ -133,6 +135,7 @@ def prepare_state(config: ClusterConfig) -> None:
         password_file.write_text(secrets.token_urlsafe(16) + "\n")
     prepare_secure_boot(state, [host.id for host in config.hosts])
     _fleet.prepare_bus(config)
+    prepare_bmc_material(config)
 
 
 def check_not_running(state_dir: Path) -> None:
@@ -224,6 +227,8 @@ class Supervisor:
                 "--state-dir", self.config.state_dir,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 preexec_fn=set_parent_death_signal, start_new_session=True,
+                # aiohttp's C parser answers 400 to unknown HTTP methods; Redfish needs 405 or 501.
+                env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"} if kind == "bmc" else None,
             )
         finally:
             log_file.close()

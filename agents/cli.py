@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 # them and `run(args) -> int` runs one (args.command names it).
 FEATURE_COMMANDS: tuple[str, ...] = ("agents._cmd_boot", "agents._cmd_replay", "agents._cmd_power",
                                      "agents._cmd_keys_bus", "agents._cmd_packed", "agents._cmd_deploy",
-                                     "agents._cmd_pagetable", "agents._cmd_chaos")
+                                     "agents._cmd_pagetable", "agents._cmd_chaos", "agents._cmd_dpu",
+                                     "agents._cmd_migrate")
 
 
 def _fleet_options():

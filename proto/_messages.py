@@ -211,6 +211,9 @@ class MigrationCompleted(Message):
     source_digest: str
     destination_digest: str
     stats: dict
+    # Guest pages sent as error records, and pages outside that list whose checksums differ.
+    poisoned_pages: list = dataclasses.field(default_factory=list)
+    differing_pages: list = dataclasses.field(default_factory=list)
 
 
 @message("migration.failed")
@@ -253,6 +256,8 @@ class VmCreate(Message):
     mips: float
     memory_bytes: int
     seed: int
+    # Guest page writes per second at 100% CPU demand.
+    max_dirty_rate_pages_per_s: float = 2000.0
 
 
 @message("host.power")
@@ -273,19 +278,24 @@ class MigrateSend(Message):
     migration: str
     vm: str
     destination: str
+    downtime_limit_ms: int = 300
+    max_iterations: int = 30
+    auto_converge: bool = False
 
 
 @message("host.migrate_pages")
 class MigratePages(Message):
     migration: str
-    offset: int
-    data: bytes
+    # Page records in the migration_core wire format (magic b"DCPR", version 1).
+    batch: bytes
 
 
 @message("host.migrate_commit")
 class MigrateCommit(Message):
     migration: str
     source_digest: str
+    batches: int = 0
+    poisoned_pages: list = dataclasses.field(default_factory=list)
 
 
 @message("host.migrate_finish")
@@ -303,6 +313,9 @@ class MigrationRequest(Message):
     vm: str
     destination: str
     source: str = ""
+    downtime_limit_ms: int = 300
+    max_iterations: int = 30
+    auto_converge: bool = False
 
 
 @message("dpu.status")

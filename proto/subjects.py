@@ -10,14 +10,43 @@ EVENTS_STREAM = "DCFLEET_EVENTS"
 EVENTS_ALL = f"{PREFIX}.events.>"
 
 
+# An event's subject is `dcfleet.events.<source token>.<type>`. The source comes
+# first because NATS allows a `>` wildcard only at the end: a publish permission
+# `dcfleet.events.host:h1.>` then covers every event of host h1 and no other.
+
+
+def source_token(source: str) -> str:
+    """One subject token naming an event source: `host.h1` becomes `host:h1`.
+
+    Agent ids are tokens of letters, digits, `-` and `_`, so the `:` keeps the
+    mapping one-to-one.
+    """
+    return source.replace(".", ":")
+
+
 def event(type_name: str) -> str:
-    """Subject of one event type, e.g. `dcfleet.events.host.booted`."""
-    return f"{PREFIX}.events.{type_name}"
+    """Subscription pattern for one event type from any source, e.g. `dcfleet.events.*.host.booted`."""
+    return f"{PREFIX}.events.*.{type_name}"
+
+
+def event_from(source: str, type_name: str) -> str:
+    """Subject an agent publishes one event on, e.g. `dcfleet.events.host:h1.host.booted`."""
+    return f"{PREFIX}.events.{source_token(source)}.{type_name}"
+
+
+def events_from(source: str) -> str:
+    """Every event subject of one source, e.g. `dcfleet.events.host:h1.>`."""
+    return f"{PREFIX}.events.{source_token(source)}.>"
 
 
 def event_type(subject: str) -> str:
     """Event type carried by an event subject."""
-    return subject.removeprefix(f"{PREFIX}.events.")
+    return subject.removeprefix(f"{PREFIX}.events.").partition(".")[2]
+
+
+def inbox_prefix(source: str) -> str:
+    """Reply inbox prefix of one agent, so that it may read its own replies only."""
+    return f"_INBOX.{source_token(source)}"
 
 
 def host_command(host: str, operation: str) -> str:

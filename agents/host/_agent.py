@@ -6,45 +6,32 @@ import asyncio
 import random
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import proto
 from proto import subjects
 
-from .._agent import Agent, CommandFailed, CommandTimeout, HandlerError
+from .._agent import Agent, HandlerError
 from .._config import ClusterConfig
 from .._vmstore import HostStore, drop_aborted_arrival, restore_host
 from ..secureboot import BootRejected, InvalidInput
 from ._hardware import power_watts
+from ._installer import DpuInstaller
 from ._packages import PackageScheduler
 from ._measured_boot import boot_from_disk, quote_pcrs
 from ._secure_boot import host_boot_paths
 from ._tables_hooks import PageTablesMixin
-from ._vm import PAGE_SIZE, Vm, page_runs
+from ._memory import GuestVm, HostRam
+from ._memory_handlers import GuestMemoryMixin
+from ._migrate_dest import MigrationDestinationMixin
+from ._migrate_source import MigrationSourceMixin
+from ..migration_core import PAGE_SIZE_BYTES as PAGE_SIZE
+from ..migration_core import OutOfHostFrames
 
 RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "ForceRestart")
-# Pages per page-transfer message (128 KiB), well under the broker's 1 MiB payload limit.
-CHUNK_PAGES = 32
-CHUNKS_IN_FLIGHT = 8
-PAGE_REQUEST_TIMEOUT_S = 5.0
-# Precopy: stop iterating when this few pages are dirty, or after this many passes.
-SWITCHOVER_PAGES = 64
-MAX_PRECOPY_PASSES = 8
 
 
-@dataclass
-class Incoming:
-    """A VM arriving by migration, not yet running here."""
-
-    migration: str
-    vm: str
-    spec: dict[str, Any]
-    memory: bytearray
-    subscription: Any
-
-
-class HostAgent(PageTablesMixin, Agent):
+class HostAgent(MigrationSourceMixin, MigrationDestinationMixin, GuestMemoryMixin, PageTablesMixin, Agent):
     kind = "host"
 
     def __init__(self, config: ClusterConfig, host_id: str) -> None:
@@ -56,14 +43,19 @@ class HostAgent(PageTablesMixin, Agent):
         # Measured boot results of the running boot: SHA-256 PCRs and the failure, if any.
         self.pcrs: dict[int, bytes] = {}
         self.boot_failure: BootRejected | None = None
-        self.vms: dict[str, Vm] = {}
+        self.vms: dict[str, GuestVm] = {}
+        # The host's VM RAM with its memory error map; each VM's guest memory lives in it.
+        self.ram = HostRam(self.host.memory_bytes)
         self.outgoing: dict[str, str] = {}
-        self.incoming: dict[str, Incoming] = {}
+        self._sending: dict[str, asyncio.Task] = {}
+        self._leases: dict[str, asyncio.Task] = {}
+        self.incoming: dict[str, Any] = {}
         self.rng = random.Random(zlib.crc32(host_id.encode()))
         self._boot_task: asyncio.Task | None = None
         self.store = HostStore(config.state_dir, host_id)
         packages = max(1, min(self.host.packages, self.host.cores))
         self.packages = PackageScheduler(packages, max(1, self.host.cores // packages), self.host.mips_per_core)
+        self.dpu_installer = DpuInstaller(self, host_id)
 
     async def start(self) -> None:
         handlers = {
@@ -77,10 +69,16 @@ class HostAgent(PageTablesMixin, Agent):
             proto.MigrateFinish: self.on_migrate_finish,
             proto.MigrateAbort: self.on_migrate_abort,
             proto.PagetableDumpRequest: self.on_pagetable_dump,
+            proto.MemoryErrorInject: self.on_memory_error_inject,
+            proto.VmRead: self.on_vm_read,
+            proto.VmMemoryRequest: self.on_vm_memory,
+            proto.HostProvisionDpu: self.on_provision_dpu,
         }
         restored = restore_host(self)
         if restored:
             self.log.info("host.restored", vms=restored, power_state=self.power_state)
+        self._restart_leases()
+        self.spawn(self.run_guests(), "guests")
         await self.serve(subjects.host_commands(self.id), handlers)
         if self.power_state == "On":
             self._boot_task = self.spawn(self.boot(), "boot")
@@ -148,7 +146,10 @@ class HostAgent(PageTablesMixin, Agent):
             await self.publish(proto.VmLost(vm=vm_id, host=self.id, reason="host powered off"))
         for incoming in list(self.incoming.values()):
             await self._drop_incoming(incoming)
+        for migration in list(self.outgoing):
+            self._end_lease(migration)
         self.outgoing.clear()
+        self.ram.keep_only(self.vms)
         if self._boot_task is not None:
             self._boot_task.cancel()
         self.power_state = "Off"
@@ -180,7 +181,6 @@ class HostAgent(PageTablesMixin, Agent):
         step = self.clock.trace_step()
         demands: dict[str, float] = {}
         for vm in self.vms.values():
-            vm.run_for(step, elapsed_s, self.rng)
             demands[vm.id] = round(vm.demand_mips(step), 1)
         used = sum(demands.values())
         total = self.host.cpu_mips_total
@@ -209,7 +209,7 @@ class HostAgent(PageTablesMixin, Agent):
 
     def _memory_used(self) -> int:
         used = sum(vm.memory_bytes for vm in self.vms.values())
-        return used + sum(len(i.memory) for i in self.incoming.values())
+        return used + sum(i.memory_bytes for i in self.incoming.values())
 
     async def on_status(self, _message: proto.HostStatusRequest, _msg: Any) -> dict[str, Any]:
         return {
@@ -219,6 +219,7 @@ class HostAgent(PageTablesMixin, Agent):
             "boot_count": self.boot_count,
             "boot_failure": _failure_fields(self.boot_failure),
             "vms": {vm.id: vm.memory_bytes for vm in self.vms.values()},
+            "vm_specs": {vm.id: vm.spec() for vm in self.vms.values()},
             "arrived": self.store.arrived(),
             "memory_used_bytes": self._memory_used(),
             "memory_total_bytes": self.host.memory_bytes,
@@ -232,7 +233,12 @@ class HostAgent(PageTablesMixin, Agent):
             raise HandlerError(f"VM {message.vm} already runs on {self.id}")
         self._require_room(message.memory_bytes)
         self._map_stage2(message.vm, message.memory_bytes)
-        vm = Vm.create(message.vm, message.trace, message.mips, message.memory_bytes, message.seed)
+        try:
+            vm = self.ram.create_vm(message.vm, message.trace, message.mips, message.memory_bytes, message.seed,
+                                    message.max_dirty_rate_pages_per_s)
+        except OutOfHostFrames as exc:
+            self._unmap_stage2(message.vm)
+            raise HandlerError(f"host {self.id} cannot hold VM {message.vm}: {exc}") from None
         self.vms[vm.id] = vm
         self.store.save_vm(vm)
         digest = vm.digest()
@@ -246,72 +252,15 @@ class HostAgent(PageTablesMixin, Agent):
         if memory_bytes > free:
             raise HandlerError(f"host {self.id} has {free} bytes free, VM needs {memory_bytes}")
 
-    # ---- migration: destination side ----------------------------------------
+    # ---- migration: both sides (handlers in _migrate_dest.py and _migrate_source.py) ----
 
-    async def on_migrate_prepare(self, message: proto.MigratePrepare, _msg: Any) -> dict[str, Any]:
-        self._require_running()
-        spec = message.spec
-        try:
-            _check_vm_spec(message.vm, spec["trace"], spec["mips"], spec["memory_bytes"])
-        except KeyError as exc:
-            raise HandlerError(f"VM spec lacks {exc}") from None
-        if message.vm in self.vms:
-            raise HandlerError(f"VM {message.vm} already runs on {self.id}")
-        if message.migration in self.incoming or not subjects.is_token(message.migration):
-            raise HandlerError(f"invalid or duplicate migration id {message.migration!r}")
-        self._require_room(spec["memory_bytes"])
-        memory = bytearray(spec["memory_bytes"])
-        subscription = await self.nc.subscribe(
-            subjects.migration_pages(message.migration), cb=self._on_pages
-        )
-        try:
-            self._map_stage2(message.vm, spec["memory_bytes"])
-        except HandlerError:
-            await subscription.unsubscribe()
-            raise
-        self.incoming[message.migration] = Incoming(message.migration, message.vm, dict(spec), memory, subscription)
-        await self._publish_stage2_mapped(message.vm)
-        return {}
+    def _check_vm_spec(self, vm: str, trace: Any, mips: Any, memory_bytes: Any) -> None:
+        _check_vm_spec(vm, trace, mips, memory_bytes)
 
-    async def _on_pages(self, msg: Any) -> None:
-        try:
-            pages = proto.parse(proto.decode(msg.data), proto.MigratePages)
-            incoming = self.incoming.get(pages.migration)
-            if incoming is None:
-                raise proto.MessageRejected("unknown-migration", f"no incoming migration {pages.migration!r}")
-            end = pages.offset + len(pages.data)
-            if pages.offset < 0 or pages.offset % PAGE_SIZE or end > len(incoming.memory):
-                raise proto.MessageRejected(
-                    "out-of-range", f"pages at {pages.offset}..{end} outside 0..{len(incoming.memory)}"
-                )
-        except proto.MessageRejected as exc:
-            await self.reject(msg, exc)
-            return
-        incoming.memory[pages.offset : end] = pages.data
-        await msg.respond(self.envelope(proto.Reply(ok=True)))
-
-    async def on_migrate_commit(self, message: proto.MigrateCommit, _msg: Any) -> dict[str, Any]:
-        incoming = self.incoming.get(message.migration)
-        if incoming is None:
-            raise HandlerError(f"no incoming migration {message.migration!r}")
-        vm = Vm(incoming.vm, list(incoming.spec["trace"]), float(incoming.spec["mips"]), incoming.memory, int(incoming.spec["seed"]))
-        digest = await asyncio.to_thread(vm.digest)
-        if digest != message.source_digest:
-            raise HandlerError(f"memory digest {digest} differs from the source's {message.source_digest}")
-        await incoming.subscription.unsubscribe()
-        del self.incoming[message.migration]
-        self.vms[vm.id] = vm
-        self.store.save_vm(vm)
-        self.store.record_arrival(message.migration, vm.id, digest)
-        self.log.info("migration.arrived", migration=message.migration, vm=vm.id)
-        return {"destination_digest": digest}
-
-    async def _drop_incoming(self, incoming: Incoming) -> None:
-        self.incoming.pop(incoming.migration, None)
-        try:
-            await incoming.subscription.unsubscribe()
-        except Exception as exc:  # already gone with the connection
-            self.log.debug("unsubscribe.failed", error=str(exc))
+    def vm_from_store(self, stored: Any) -> GuestVm:
+        """Rebuild a VM from the host's store: its spec and its saved memory image."""
+        return self.ram.create_vm(stored.vm, stored.trace, stored.mips, len(stored.memory), stored.seed,
+                                  contents=bytes(stored.memory))
 
     async def on_migrate_abort(self, message: proto.MigrateAbort, _msg: Any) -> dict[str, Any]:
         incoming = self.incoming.get(message.migration)
@@ -319,81 +268,17 @@ class HostAgent(PageTablesMixin, Agent):
             await self._release_stage2(incoming.vm, "migration aborted")
             await self._drop_incoming(incoming)
         drop_aborted_arrival(self, message.migration)
+        self.ram.keep_only(list(self.vms) + [i.vm for i in self.incoming.values()])
         await self._sync_stage2("migration aborted")
-        vm_id = self.outgoing.pop(message.migration, None)
-        if vm_id is not None and vm_id in self.vms:
-            self.vms[vm_id].paused = False
-            self.store.save_vm(self.vms[vm_id], memory=False)
+        self._abort_outgoing(message.migration)
         return {}
 
-    # ---- migration: source side ---------------------------------------------
-
-    async def on_migrate_send(self, message: proto.MigrateSend, _msg: Any) -> dict[str, Any]:
-        vm = self.vms.get(message.vm)
-        if vm is None:
-            raise HandlerError(f"VM {message.vm} does not run on {self.id}")
-        if message.vm in self.outgoing.values():
-            raise HandlerError(f"VM {message.vm} is already migrating")
-        self.outgoing[message.migration] = vm.id
-        self.store.save_vm(vm, message.migration, memory=False)
-        try:
-            return await self._precopy(message.migration, vm)
-        except (CommandFailed, CommandTimeout) as exc:
-            self.outgoing.pop(message.migration, None)
-            vm.paused = False
-            raise HandlerError(f"page transfer failed: {exc}") from None
-
-    async def _precopy(self, migration: str, vm: Vm) -> dict[str, Any]:
-        started = time.monotonic()
-        vm.dirty_pages.clear()
-        transferred = await self._send_pages(migration, vm, list(range(vm.page_count)))
-        passes = 1
-        while True:
-            dirty = vm.take_dirty()
-            if len(dirty) <= SWITCHOVER_PAGES or passes >= MAX_PRECOPY_PASSES:
-                break
-            transferred += await self._send_pages(migration, vm, dirty)
-            passes += 1
-        paused_at = time.monotonic()
-        vm.paused = True
-        final = sorted(set(dirty) | set(vm.take_dirty()))
-        transferred += await self._send_pages(migration, vm, final)
-        digest = await asyncio.to_thread(vm.digest)
-        return {
-            "source_digest": digest,
-            "transferred": transferred,
-            "total": vm.memory_bytes,
-            "dirty-sync-count": passes,
-            "stop-copy-pages": len(final),
-            "precopy-time": round(paused_at - started, 4),
-            "paused_at": time.time(),
-        }
-
-    async def _send_pages(self, migration: str, vm: Vm, pages: list[int]) -> int:
-        subject = subjects.migration_pages(migration)
-        limit = asyncio.Semaphore(CHUNKS_IN_FLIGHT)
-
-        async def send(first: int, count: int) -> int:
-            offset = first * PAGE_SIZE
-            data = bytes(vm.memory[offset : offset + count * PAGE_SIZE])
-            async with limit:
-                await self.request(subject, proto.MigratePages(migration, offset, data), PAGE_REQUEST_TIMEOUT_S)
-            return len(data)
-
-        sizes = await asyncio.gather(*(send(f, c) for f, c in page_runs(pages, CHUNK_PAGES)))
-        return sum(sizes)
-
-    async def on_migrate_finish(self, message: proto.MigrateFinish, _msg: Any) -> dict[str, Any]:
-        vm_id = self.outgoing.pop(message.migration, None)
-        if vm_id is None:
-            raise HandlerError(f"no outgoing migration {message.migration!r}")
-        self.vms.pop(vm_id, None)
-        self.store.drop_vm(vm_id)
-        self.log.info("migration.departed", migration=message.migration, vm=vm_id)
-        await self._release_stage2(vm_id, "migrated away")
-        return {}
+    async def on_provision_dpu(self, message: proto.HostProvisionDpu, _msg: Any) -> dict[str, Any]:
+        """Start provisioning the management OS of the host's DPUs through its BMC (agents.host._installer)."""
+        return await self.dpu_installer.provision(message.image)
 
     async def stop(self) -> None:
+        await self.dpu_installer.close()
         for incoming in list(self.incoming.values()):
             await self._drop_incoming(incoming)
         sending = {vm_id: migration for migration, vm_id in self.outgoing.items()}

@@ -50,7 +50,7 @@ class PageTablesMixin:
         if self.tables is None:
             return
         present = {vm.id: vm.memory_bytes for vm in self.vms.values()}
-        present.update({incoming.vm: len(incoming.memory) for incoming in self.incoming.values()})
+        present.update({incoming.vm: incoming.memory_bytes for incoming in self.incoming.values()})
         released = [vm for vm in self.tables.mapped_vms if vm not in present and self._unmap_stage2(vm)]
         mapped = []
         for vm, memory_bytes in sorted(present.items()):

@@ -4,11 +4,11 @@ A migration runs prepare (destination) -> send (source, precopy then pause) ->
 commit (destination checks the memory digest and starts the VM) -> finish
 (source drops its paused copy). Until commit succeeds the source keeps the VM,
 so a failure at any step aborts both sides and the VM resumes on its source.
+The steps are in _run.py.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -20,10 +20,9 @@ from .._agent import Agent, CommandFailed, CommandTimeout, HandlerError
 from .._attestation import AttestationGate
 from .._config import ClusterConfig
 from .._workload import vm_specs
+from ._run import PeerWatch, run_migration
 
-PREPARE_TIMEOUT_S = 5.0
-SEND_TIMEOUT_S = 120.0
-COMMIT_TIMEOUT_S = 10.0
+STATUS_TIMEOUT_S = 5.0
 
 
 class MigrationCoordinator(Agent):
@@ -37,6 +36,8 @@ class MigrationCoordinator(Agent):
         self.in_flight: set[str] = set()
         # A destination must pass attestation for its current boot before a VM moves onto it.
         self.attestation = AttestationGate(self, [host.id for host in config.hosts])
+        # Heartbeat times of hosts, to end a migration whose source or destination goes silent.
+        self.peers = PeerWatch(config.heartbeat_interval_s)
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
@@ -53,6 +54,7 @@ class MigrationCoordinator(Agent):
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)
             return
+        self.peers.seen(heartbeat.host)
         for vm in heartbeat.vms:
             if vm not in self.in_flight:
                 self.locations[vm] = heartbeat.host
@@ -70,16 +72,45 @@ class MigrationCoordinator(Agent):
             raise HandlerError(f"VM {message.vm} already runs on {source}")
         if message.vm in self.in_flight:
             raise HandlerError(f"VM {message.vm} is already migrating")
-        spec = self._vm_spec(message.vm)
+        if message.downtime_limit_ms <= 0:
+            raise HandlerError(f"invalid downtime limit {message.downtime_limit_ms} ms: expected a positive number")
+        if message.max_iterations < 0:
+            raise HandlerError(f"invalid max_iterations {message.max_iterations}: expected 0 or more")
+        spec = await self._source_spec(message.vm, source)
+        await self._require_room(message.destination, message.vm, spec["memory_bytes"])
         verdict = await self.attestation.require(message.destination)
         if not verdict.attested:
             raise HandlerError(f"destination {message.destination} failed attestation "
                                f"({verdict.outcome}, {verdict.check}): {verdict.reason}")
         self.in_flight.add(message.vm)
         try:
-            return await self._migrate(message.vm, source, message.destination, spec)
+            return await self._migrate(message.vm, source, message.destination, spec, message)
         finally:
             self.in_flight.discard(message.vm)
+
+    async def _host_status(self, host: str) -> dict[str, Any]:
+        try:
+            return await self.request(subjects.host_command(host, "status"), proto.HostStatusRequest(),
+                                      STATUS_TIMEOUT_S)
+        except (CommandFailed, CommandTimeout) as exc:
+            raise HandlerError(f"host {host} did not report its status: {exc}") from None
+
+    async def _source_spec(self, vm_id: str, source: str) -> dict[str, Any]:
+        """The VM's spec as its source host runs it, else as the cluster configuration has it."""
+        status = await self._host_status(source)
+        if vm_id not in status.get("vms", {}):
+            raise HandlerError(f"VM {vm_id} does not run on {source}")
+        return status.get("vm_specs", {}).get(vm_id) or self._vm_spec(vm_id)
+
+    async def _require_room(self, destination: str, vm_id: str, memory_bytes: int) -> None:
+        status = await self._host_status(destination)
+        if status.get("power_state") != "On" or not status.get("booted"):
+            raise HandlerError(f"destination {destination} is not running (power {status.get('power_state')}, "
+                               f"booted {status.get('booted')})")
+        free = status["memory_total_bytes"] - status["memory_used_bytes"]
+        if memory_bytes > free:
+            raise HandlerError(f"destination {destination} has {free} bytes of memory free; VM {vm_id} "
+                               f"needs {memory_bytes}")
 
     def _vm_spec(self, vm_id: str) -> dict[str, Any]:
         try:
@@ -87,67 +118,12 @@ class MigrationCoordinator(Agent):
         except KeyError:
             raise HandlerError(f"unknown VM {vm_id!r}") from None
 
-    async def _migrate(self, vm: str, source: str, destination: str, spec: dict[str, Any]) -> dict[str, Any]:
+    async def _migrate(self, vm: str, source: str, destination: str, spec: dict[str, Any],
+                       request: proto.MigrationRequest) -> dict[str, Any]:
         migration = uuid.uuid4().hex[:12]
         ids = dict(migration=migration, vm=vm, source=source, destination=destination)
         await self.publish(proto.MigrationStarted(**ids))
         self.log.info("migration.started", **ids)
-        started = time.monotonic()
-        step = "prepare"
-        try:
-            await self.request(
-                subjects.host_command(destination, "migrate_prepare"),
-                proto.MigratePrepare(migration, vm, spec),
-                PREPARE_TIMEOUT_S,
-            )
-            step = "send"
-            sent = await self.request(
-                subjects.host_command(source, "migrate_send"),
-                proto.MigrateSend(migration, vm, destination),
-                SEND_TIMEOUT_S,
-            )
-            step = "commit"
-            committed = await self.request(
-                subjects.host_command(destination, "migrate_commit"),
-                proto.MigrateCommit(migration, sent["source_digest"]),
-                COMMIT_TIMEOUT_S,
-            )
-        except (CommandFailed, CommandTimeout) as exc:
-            reason = f"{step} failed: {exc}"
-            await self._abort(migration, source, destination)
-            self.log.warning("migration.failed", reason=reason, **ids)
-            await self.publish(proto.MigrationFailed(reason=reason, **ids))
-            raise HandlerError(reason) from None
-        # The destination runs the VM now; the source's copy is paused and may go.
-        try:
-            await _recovery.finish_at_source(self, source, migration)
-        except (CommandFailed, CommandTimeout) as exc:
-            self.log.warning("migration.finish_failed", error=str(exc), **ids)
+        result = await run_migration(self, ids, spec, request)
         self.locations[vm] = destination
-        total_s = time.monotonic() - started
-        stats = {
-            "status": "completed",
-            "total-time": round(total_s * 1000),
-            "downtime": round(max(0.0, time.time() - sent["paused_at"]) * 1000),
-            "transferred": sent["transferred"],
-            "total": sent["total"],
-            "dirty-sync-count": sent["dirty-sync-count"],
-            "mbps": round(sent["transferred"] * 8 / 1e6 / max(total_s, 1e-9), 2),
-        }
-        await self.publish(
-            proto.MigrationCompleted(
-                source_digest=sent["source_digest"],
-                destination_digest=committed["destination_digest"],
-                stats=stats,
-                **ids,
-            )
-        )
-        self.log.info("migration.completed", total_time_ms=stats["total-time"], **ids)
-        return {"migration": migration, **stats}
-
-    async def _abort(self, migration: str, source: str, destination: str) -> None:
-        for host in (destination, source):
-            try:
-                await self.request(subjects.host_command(host, "migrate_abort"), proto.MigrateAbort(migration))
-            except (CommandFailed, CommandTimeout) as exc:
-                self.log.warning("migration.abort_failed", host=host, migration=migration, error=str(exc))
+        return result

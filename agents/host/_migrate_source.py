@@ -1,0 +1,273 @@
+"""Source side of a live migration in the host agent: precopy over the bus, then a lease.
+
+`migrate_send` runs the precopy state machine of migration_core: a full pass, passes
+over dirtied pages, then stop-and-copy with the VM paused. Batches go to the
+destination as requests on the migration's data subject, at most
+BATCHES_IN_FLIGHT unanswered. The VM stays here, paused, until the coordinator
+sends `migrate_finish` (drop it) or `migrate_abort` (resume it). If neither comes
+within SOURCE_RESUME_TIMEOUT_S, the source aborts the destination itself and
+resumes the VM, so a lost coordinator never leaves the VM stopped or running twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import proto
+from proto import subjects
+
+from .._agent import CommandFailed, CommandTimeout, HandlerError
+from ..migration_core import PAGE_SIZE_BYTES, PassReport, PrecopyConfig, PrecopySource, SendPass, encode_pages
+from ._memory import GuestVm, memory_digest
+
+BATCHES_IN_FLIGHT = 16
+BATCH_TIMEOUT_S = 5.0
+PROGRESS_INTERVAL_S = 0.5
+SOURCE_RESUME_TIMEOUT_S = 15.0
+ABORT_RETRY_S = 2.0
+
+
+class PageTransferFailed(Exception):
+    """The destination did not take a page batch; the migration cannot go on."""
+
+    def __init__(self, destination: str, error: str) -> None:
+        self.destination = destination
+        self.error = error
+        super().__init__(f"destination {destination} did not take a page batch: {error}")
+
+
+@dataclass
+class Outgoing:
+    """A migration this host sends."""
+
+    migration: str
+    vm: GuestVm
+    destination: str
+    engine: PrecopySource
+    subject: str
+    batches: int = 0
+    bytes_before_pass: int = 0
+    error: Exception | None = None
+    progress_at: float = 0.0
+    tasks: set = field(default_factory=set)
+
+    def ids(self, source: str) -> dict[str, str]:
+        return {"migration": self.migration, "vm": self.vm.id, "source": source, "destination": self.destination}
+
+
+class MigrationSourceMixin:
+    """Source handlers of a host agent; needs `vms`, `outgoing`, `store` and `ram`."""
+
+    async def on_migrate_send(self, message: proto.MigrateSend, _msg: Any) -> dict[str, Any]:
+        vm = self.vms.get(message.vm)
+        if vm is None:
+            raise HandlerError(f"VM {message.vm} does not run on {self.id}")
+        if message.vm in self.outgoing.values():
+            raise HandlerError(f"VM {message.vm} is already migrating")
+        try:
+            config = PrecopyConfig(downtime_limit_s=message.downtime_limit_ms / 1000,
+                                   max_iterations=message.max_iterations, auto_converge=message.auto_converge)
+        except ValueError as exc:
+            raise HandlerError(str(exc)) from None
+        state = Outgoing(message.migration, vm, message.destination, PrecopySource(vm.page_count, config),
+                         subjects.migration_pages(message.migration))
+        self.outgoing[message.migration] = vm.id
+        self._save_outgoing(state)
+        task = asyncio.ensure_future(self._precopy(state))
+        self._sending[message.migration] = task
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if task.cancelled() and not asyncio.current_task().cancelling():
+                raise HandlerError(f"migration {message.migration} was aborted") from None
+            raise
+        except (PageTransferFailed, CommandFailed, CommandTimeout) as exc:
+            self._resume(message.migration, f"send failed: {exc}")
+            raise HandlerError(str(exc)) from None
+        finally:
+            self._sending.pop(message.migration, None)
+        self._leases[message.migration] = self.spawn(self._lease(state), f"lease {message.migration}")
+        return result
+
+    async def _precopy(self, state: Outgoing) -> dict[str, Any]:
+        vm, engine = state.vm, state.engine
+        vm.guest.start_dirty_log()
+        started = time.monotonic()
+        try:
+            step = engine.start(setup_time_s=0.0)
+            while isinstance(step, SendPass):
+                vm.cpu_throttle_pct = step.cpu_throttle_pct
+                report = await self._send_pass(state, step.guest_pages)
+                step = engine.pass_done(report, vm.guest.sync_dirty())
+                await self._publish_progress(state, 0, 0)
+            # Stop-and-copy: pages the guest dirtied since the last sync join the remainder.
+            vm.paused = True
+            paused_at = time.time()
+            final = sorted(set(step.guest_pages) | set(vm.guest.sync_dirty()))
+            report = await self._send_pass(state, final)
+            poisoned = sorted(vm.guest.poisoned_pages())
+            digest = await asyncio.to_thread(memory_digest, vm.guest, poisoned)
+            done = engine.stop_copy_done(report)
+        except BaseException as exc:
+            if engine.status in ("setup", "active", "device"):
+                engine.fail(str(exc) or type(exc).__name__)
+            raise
+        finally:
+            vm.guest.stop_dirty_log()
+        self.log.info("migration.sent", migration=state.migration, vm=vm.id, reason=step.reason,
+                      seconds=round(time.monotonic() - started, 3), batches=state.batches)
+        return {
+            "source_digest": digest, "poisoned_pages": poisoned, "batches": state.batches,
+            "sent_poisoned_pages": sorted(engine.poisoned_pages), "paused_at": paused_at,
+            "stop_reason": step.reason, "stats": done.stats.to_query_migrate(),
+        }
+
+    async def _send_pass(self, state: Outgoing, guest_pages) -> PassReport:
+        """Send one pass's pages, at most BATCHES_IN_FLIGHT batches unanswered; return its measurements."""
+        started = time.monotonic()
+        window = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        normal = zero = sent_bytes = pages_done = 0
+        errors: list[int] = []
+        state.bytes_before_pass = state.engine.stats().transferred_bytes
+        try:
+            for batch in encode_pages(state.vm.guest, guest_pages):
+                normal += batch.normal_pages
+                zero += batch.zero_pages
+                errors.extend(batch.error_pages)
+                for page in batch.discovered_error_pages:
+                    await self._report_discovered(state, page)
+                await window.acquire()
+                if state.error is not None:
+                    break
+                task = asyncio.ensure_future(self._send_batch(state, batch.payload, window))
+                state.tasks.add(task)
+                task.add_done_callback(state.tasks.discard)
+                sent_bytes += len(batch.payload)
+                pages_done += batch.normal_pages + batch.zero_pages + len(batch.error_pages)
+                if time.monotonic() - state.progress_at >= PROGRESS_INTERVAL_S:
+                    await self._publish_progress(state, sent_bytes, len(guest_pages) - pages_done)
+            await asyncio.gather(*state.tasks)
+        finally:
+            for task in list(state.tasks):
+                task.cancel()
+        if state.error is not None:
+            raise state.error
+        return PassReport(sent_bytes, time.monotonic() - started, normal, zero, tuple(errors))
+
+    async def _send_batch(self, state: Outgoing, payload: bytes, window: asyncio.Semaphore) -> None:
+        try:
+            await self.request(state.subject, proto.MigratePages(state.migration, payload), BATCH_TIMEOUT_S)
+            state.batches += 1
+        except (CommandFailed, CommandTimeout) as exc:
+            if state.error is None:
+                state.error = PageTransferFailed(state.destination, str(exc))
+        finally:
+            window.release()
+
+    async def _report_discovered(self, state: Outgoing, guest_page: int) -> None:
+        frame = state.vm.guest.host_frame(guest_page)
+        self.log.warning("host.memory_error", frame=frame, vm=state.vm.id, guest_page=guest_page,
+                         origin="discovered", migration=state.migration)
+        await self.publish(proto.HostMemoryError(host=self.id, frame=frame, latent=True, vm=state.vm.id,
+                                                 guest_page=guest_page, origin="discovered"))
+
+    async def _publish_progress(self, state: Outgoing, pass_bytes: int, pass_remaining_pages: int) -> None:
+        stats = state.engine.stats().to_query_migrate()
+        ram = stats["ram"]
+        if pass_bytes:
+            ram["transferred"] = state.bytes_before_pass + pass_bytes
+            ram["remaining"] = pass_remaining_pages * PAGE_SIZE_BYTES
+        state.progress_at = time.monotonic()
+        await self.publish(proto.MigrationProgress(stats=stats, **state.ids(self.id)))
+
+    # ---- after the copy: the coordinator finishes or aborts ----------------
+
+    async def on_migrate_finish(self, message: proto.MigrateFinish, _msg: Any) -> dict[str, Any]:
+        vm_id = self.outgoing.pop(message.migration, None)
+        if vm_id is None:
+            raise HandlerError(f"no outgoing migration {message.migration!r}; the VM may have resumed here")
+        self._end_lease(message.migration)
+        self.vms.pop(vm_id, None)
+        self.ram.release(vm_id)
+        self.store.drop_vm(vm_id)
+        self.log.info("migration.departed", migration=message.migration, vm=vm_id)
+        await self._release_stage2(vm_id, "migrated away")
+        return {}
+
+    def _abort_outgoing(self, migration: str) -> None:
+        task = self._sending.get(migration)
+        if task is not None:
+            task.cancel()
+        if migration in self.outgoing:
+            self._resume(migration, "aborted by the coordinator")
+
+    def _resume(self, migration: str, reason: str) -> None:
+        """Run the VM here again and forget the migration."""
+        self._end_lease(migration)
+        vm_id = self.outgoing.pop(migration, None)
+        vm = self.vms.get(vm_id) if vm_id else None
+        if vm is None:
+            return
+        vm.paused = False
+        vm.cpu_throttle_pct = 0
+        self.store.save_vm(vm, memory=False)
+        self.log.info("migration.resumed_at_source", migration=migration, vm=vm.id, reason=reason)
+
+    def _end_lease(self, migration: str) -> None:
+        lease = self._leases.pop(migration, None)
+        if lease is not None and lease is not asyncio.current_task():
+            lease.cancel()
+        _outgoing_path(self.store, migration).unlink(missing_ok=True)
+
+    async def _lease(self, state: Outgoing) -> None:
+        """Resume the VM if the coordinator sends neither finish nor abort in time.
+
+        The destination is aborted first, and until it confirms that it holds no
+        copy the VM stays paused here, so it never runs on both hosts.
+        """
+        await asyncio.sleep(SOURCE_RESUME_TIMEOUT_S)
+        while state.migration in self.outgoing:
+            try:
+                await self.request(subjects.host_command(state.destination, "migrate_abort"),
+                                   proto.MigrateAbort(state.migration), 5.0)
+                break
+            except (CommandFailed, CommandTimeout) as exc:
+                self.log.warning("migration.abort_failed", migration=state.migration, host=state.destination,
+                                 error=str(exc))
+                await asyncio.sleep(ABORT_RETRY_S)
+        if state.migration not in self.outgoing:
+            return
+        reason = f"source {self.id} got no commit outcome within {SOURCE_RESUME_TIMEOUT_S:g} s; VM resumed on source"
+        self._resume(state.migration, reason)
+        await self.publish(proto.MigrationFailed(reason=reason, **state.ids(self.id)))
+
+    # ---- a restarted agent resumes the lease of a migration it was sending ----
+
+    def _save_outgoing(self, state: Outgoing) -> None:
+        self.store.save_vm(state.vm, state.migration, memory=False)
+        path = _outgoing_path(self.store, state.migration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"vm": state.vm.id, "destination": state.destination}))
+
+    def _restart_leases(self) -> None:
+        """Start a lease for each migration the previous process was sending; its VM is paused."""
+        for migration, vm_id in list(self.outgoing.items()):
+            try:
+                saved = json.loads(_outgoing_path(self.store, migration).read_text())
+                destination = saved["destination"]
+            except (OSError, ValueError, KeyError):
+                self._resume(migration, "no destination recorded for the migration")
+                continue
+            state = Outgoing(migration, self.vms[vm_id], destination, PrecopySource(self.vms[vm_id].page_count),
+                             subjects.migration_pages(migration))
+            self._leases[migration] = self.spawn(self._lease(state), f"lease {migration}")
+
+
+def _outgoing_path(store: Any, migration: str) -> Path:
+    # A subdirectory, because the store reads every *.json in its root as a VM.
+    return store.root / "outgoing" / f"{migration}.json"
