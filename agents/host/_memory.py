@@ -6,6 +6,7 @@ No bus code here: the host agent feeds these classes and publishes what they rep
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable
 
 from ..migration_core import (
@@ -42,6 +43,19 @@ class GuestVm:
         self.paused = False
         # Auto-converge's share of CPU time taken from the guest, 0..99.
         self.cpu_throttle_pct = 0
+        self._workload_ran_at = time.monotonic()
+
+    def run_workload(self, step: int):
+        """Run the guest's workload for the time since it last ran; return the WorkloadTick.
+
+        Callers run it on a timer and right before a dirty-log sync, so the pages a
+        migration pass sees dirtied follow the elapsed time, not the timer's phase.
+        """
+        now = time.monotonic()
+        elapsed_s, self._workload_ran_at = now - self._workload_ran_at, now
+        if self.paused:
+            return None
+        return self.workload.run(elapsed_s, self.utilization(step), self.cpu_throttle_pct)
 
     @property
     def memory_bytes(self) -> int:
@@ -103,6 +117,9 @@ def page_checksums(guest: GuestMemory) -> tuple[bytes, list[int]]:
     return b"".join(digests.get(page, empty) for page in range(guest.page_count)), sorted(guest.poisoned_pages())
 
 
+ARENA_LIMIT_BYTES = 64 * 1024**3
+
+
 class HostRam:
     """The host's VM RAM: frames, their error map, and each VM's frames.
 
@@ -112,8 +129,10 @@ class HostRam:
 
     def __init__(self, memory_bytes: int) -> None:
         frame_count = memory_bytes // PAGE_SIZE_BYTES
-        # The arena is an anonymous mapping: the kernel backs only the frames written.
-        self.frames = HostMemory(frame_count, ArenaFrameStore(frame_count))
+        # The arena is an anonymous mapping: the kernel backs only the frames written. It
+        # reserves address space for the whole host, so very large hosts use the sparse store.
+        store = ArenaFrameStore(frame_count) if memory_bytes <= ARENA_LIMIT_BYTES else None
+        self.frames = HostMemory(frame_count, store)
         self._page_maps: dict[str, AllocatedPageMap] = {}
 
     @property

@@ -7,7 +7,6 @@ HostAgent mixes this class in. A machine check is the guest's event, published a
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import proto
@@ -26,18 +25,16 @@ class GuestMemoryMixin:
 
     async def run_guests(self) -> None:
         """Dirty each running VM's pages at its workload rate, scaled by its CPU demand now."""
-        last = time.monotonic()
         while True:
             await asyncio.sleep(WORKLOAD_TICK_S)
-            now = time.monotonic()
-            elapsed_s, last = now - last, now
-            step = self.clock.trace_step()
             for vm in list(self.vms.values()):
-                if vm.paused:
-                    continue
-                tick = vm.workload.run(elapsed_s, vm.utilization(step), vm.cpu_throttle_pct)
-                for check in tick.machine_checks:
-                    await self._machine_check(check, "write")
+                await self.run_guest(vm)
+
+    async def run_guest(self, vm) -> None:
+        """Bring one VM's workload up to now and publish the machine checks it hit."""
+        tick = vm.run_workload(self.clock.trace_step())
+        for check in tick.machine_checks if tick is not None else ():
+            await self._machine_check(check, "write")
 
     async def _machine_check(self, check: MachineCheck, access: str) -> None:
         self.log.warning("vm.machine_check", vm=check.vm_id, guest_page=check.guest_page,

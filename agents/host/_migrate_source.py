@@ -103,9 +103,11 @@ class MigrationSourceMixin:
             while isinstance(step, SendPass):
                 vm.cpu_throttle_pct = step.cpu_throttle_pct
                 report = await self._send_pass(state, step.guest_pages)
+                await self.run_guest(vm)
                 step = engine.pass_done(report, vm.guest.sync_dirty())
                 await self._publish_progress(state, 0, 0)
             # Stop-and-copy: pages the guest dirtied since the last sync join the remainder.
+            await self.run_guest(vm)
             vm.paused = True
             paused_at = time.time()
             final = sorted(set(step.guest_pages) | set(vm.guest.sync_dirty()))

@@ -6,6 +6,8 @@ last written with zeros, has no stored contents and reads as zeros.
 
 from __future__ import annotations
 
+import heapq
+
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -124,24 +126,34 @@ class HostMemory:
         self.frame_count = frame_count
         self._contents: FrameStore = SparseFrameStore() if store is None else store
         self._lost_contents: set[int] = set()
-        self._free: list[int] = list(range(frame_count - 1, -1, -1))
+        # Free frames are the freed ones (a min-heap, all below the cursor) plus every
+        # frame from the cursor up, so a host of any size costs nothing until used.
+        # Allocation drops known-bad frames from both for good.
+        self._freed: list[int] = []
+        self._next_unused = 0
         self._allocated: set[int] = set()
 
     @property
     def free_frame_count(self) -> int:
-        return len(self._free)
+        return self.frame_count - len(self._allocated)
 
     def allocate(self, count: int) -> list[int]:
-        """Allocate `count` frames, skipping frames with a known error."""
+        """Allocate the `count` lowest free frames, skipping frames with a known error."""
         if type(count) is not int or count < 0:
             raise ValueError(f"invalid frame count {count!r}: expected a non-negative int")
-        usable = [f for f in self._free if not self.errors.is_known_bad(f)]
-        if len(usable) < count:
-            raise OutOfHostFrames(count, len(usable))
-        # The free list is kept in descending order, so its tail has the lowest frames.
-        allocated = usable[len(usable) - count:][::-1]
-        allocated_set = set(allocated)
-        self._free = [f for f in self._free if f not in allocated_set]
+        usable = self.free_frame_count - sum(1 for f in self.errors.known_frames() if f not in self._allocated)
+        if usable < count:
+            raise OutOfHostFrames(count, usable)
+        allocated: list[int] = []
+        while len(allocated) < count:
+            if self._freed:
+                frame = heapq.heappop(self._freed)
+            else:
+                frame = self._next_unused
+                self._next_unused += 1
+            if self.errors.is_known_bad(frame):
+                continue
+            allocated.append(frame)
         self._allocated.update(allocated)
         return allocated
 
@@ -153,8 +165,7 @@ class HostMemory:
             self._allocated.discard(frame)
             self._contents.clear(frame)
             self._lost_contents.discard(frame)
-            self._free.append(frame)
-        self._free.sort(reverse=True)
+            heapq.heappush(self._freed, frame)
 
     def is_poisoned(self, frame: int) -> bool:
         return frame in self._lost_contents or self.errors.is_known_bad(frame)
