@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 from pathlib import Path
 
@@ -104,27 +103,42 @@ def _add_boot_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_inject_parser(commands: argparse._SubParsersAction, add_cluster_options) -> None:
+    from ._cmd_chaos import add_fault_parsers
     from .host._boot_faults import FAULT_OPERATIONS
     from .host._memory_faults import add_memory_error_options
 
     inject = commands.add_parser(
-        "inject", help="inject a boot fault into a host of a running cluster",
-        description="Damage a host's boot bank or state, then restart the host through its BMC (Redfish "
-        "ComputerSystem.Reset, ResetType ForceRestart) so the fault shows as host.boot_failed at the next "
-        "boot. tamper flips a byte of the component image, revoke lists its SHA-256 in the host's dbx, "
-        "rollback raises the host's SbatLevel above the image's generation. memory-error marks a host "
-        "frame with an uncorrectable memory error, known or --latent, without a restart.",
+        "inject", help="inject a fault into a running cluster",
+        description="Inject one fault into the cluster `dcfleet up` runs. Boot faults damage a host's "
+        "boot bank or state, then restart the host through its BMC so the fault shows as host.boot_failed "
+        "at the next boot. memory-error marks a host frame bad. kill, pause, restart and bmc act on agent "
+        "processes, the broker and Redfish services, and are recorded as fault.injected / fault.cleared.",
     )
-    inject.add_argument("fault", choices=FAULT_OPERATIONS + ("memory-error",), help="the fault to inject")
-    inject.add_argument("--host", required=True, help="host id, e.g. h2")
-    inject.add_argument("--module", metavar="NAME",
-                        help="loader, kernel, verifier, or a module name such as vmx (required for boot faults)")
-    inject.add_argument("--no-reboot", action="store_true",
-                        help="only change the files; the fault shows at the host's next boot")
-    inject.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the host's boot event after the restart (default: 30)")
-    add_memory_error_options(inject)
-    add_cluster_options(inject)
+    kinds = inject.add_subparsers(dest="fault", metavar="FAULT", required=True)
+    boot_help = {
+        "tamper": "flip a byte of a boot component's image",
+        "revoke": "list a boot component's SHA-256 in the host's dbx",
+        "rollback": "raise the host's SbatLevel above a boot component's generation",
+    }
+    for name in FAULT_OPERATIONS:
+        parser = kinds.add_parser(name, help=boot_help.get(name, name), description=boot_help.get(name, name) + ".")
+        parser.add_argument("--host", required=True, help="host id, e.g. h2")
+        parser.add_argument("--module", metavar="NAME", required=True,
+                            help="loader, kernel, verifier, or a module name such as vmx")
+        parser.add_argument("--no-reboot", action="store_true",
+                            help="only change the files; the fault shows at the host's next boot")
+        parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                            help="how long to wait for the host's boot event after the restart (default: 30)")
+        add_cluster_options(parser)
+    memory = kinds.add_parser(
+        "memory-error", help="mark a host frame with an uncorrectable memory error",
+        description="Mark a host frame with an uncorrectable memory error, known to the hardware or "
+        "--latent (found only when read). Name the frame, or a VM and one of its guest pages.",
+    )
+    memory.add_argument("--host", required=True, help="host id, e.g. h2")
+    add_memory_error_options(memory)
+    add_cluster_options(memory)
+    add_fault_parsers(kinds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
             from .host._memory_faults import run_inject_memory_error
 
             return asyncio.run(run_inject_memory_error(args))
-        if args.module is None:
-            raise ConfigError(f"{args.fault} needs --module NAME")
+        from ._cmd_chaos import FAULT_KINDS, run_fault
+
+        if args.fault in FAULT_KINDS:
+            return run_fault(args)
         return asyncio.run(_run_inject(args))
     except sb.InvalidInput as error:
         raise ConfigError(str(error)) from None
@@ -163,14 +179,9 @@ def _run_keys_init(args: argparse.Namespace) -> int:
 
 
 def _write_bus_credentials(state_dir: Path, host_count: int) -> None:
-    """Write bus credentials with agents._buskeys.init_bus_secrets, when that module provides it."""
-    try:
-        module = importlib.import_module("agents._buskeys")
-    except ModuleNotFoundError:
-        return
-    init_bus_secrets = getattr(module, "init_bus_secrets", None)
-    if init_bus_secrets is None:
-        return
+    """Write the agents' bus credentials, the broker's authorization and TLS material."""
+    from ._buskeys import init_bus_secrets
+
     try:
         host_ids = [host.id for host in ClusterConfig.load(state_dir).hosts]
     except ConfigError:

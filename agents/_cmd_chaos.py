@@ -1,7 +1,7 @@
-"""`dcfleet fault`, `dcfleet chaos run` and `dcfleet check`.
+"""`dcfleet chaos run`, `dcfleet check`, and the process, broker and BMC kinds of `dcfleet inject`.
 
-Process, broker and BMC faults are `dcfleet fault`, because `dcfleet inject`
-injects boot faults (see _cmd_boot.py).
+`dcfleet inject` itself is registered in _cmd_boot.py, which adds these kinds with
+add_fault_parsers() and hands them to run_fault().
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ._config import ConfigError
 
-COMMANDS = ("fault", "chaos", "check")
+COMMANDS = ("chaos", "check")
+FAULT_KINDS = ("kill", "restart", "pause", "bmc")
 
 
 def _seconds(text: str) -> float:
@@ -27,15 +28,10 @@ def _seconds(text: str) -> float:
     return value
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
+def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
+    """Add the process, broker and BMC faults to `dcfleet inject`."""
     from .cli import add_cluster_options
 
-    inject = commands.add_parser(
-        "fault", help="inject a process, broker or BMC fault into a running cluster",
-        description="Inject one fault into the cluster `dcfleet up` runs in the state dir, wait until it "
-        "is cleared, and store both as fault.injected / fault.cleared events.",
-    )
-    kinds = inject.add_subparsers(dest="fault", metavar="FAULT", required=True)
     for name, text in (("kill", "SIGKILL a process; `dcfleet up` restarts it"),
                        ("restart", "SIGTERM an agent so it stops cleanly; `dcfleet up` restarts it")):
         parser = kinds.add_parser(name, help=text, description=text + ".")
@@ -55,6 +51,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     bmc.add_argument("--delay", dest="delay_s", type=_seconds, default=2.0, metavar="SECONDS",
                      help="answer delay of mode slow (default: 2)")
     add_cluster_options(bmc)
+
+
+def run_fault(args: argparse.Namespace) -> int:
+    return asyncio.run(_inject(args))
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    from .cli import add_cluster_options
 
     chaos = commands.add_parser("chaos", help="run chaos scenarios",
                                 description="Run a chaos scenario on a fresh cluster and check its history.")
@@ -85,9 +89,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "check":
         return _check(args)
-    if args.command == "chaos":
-        return _chaos_run(args)
-    return asyncio.run(_inject(args))
+    return _chaos_run(args)
 
 
 def _check(args: argparse.Namespace) -> int:
