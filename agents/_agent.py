@@ -230,27 +230,34 @@ class Agent:
         *,
         concurrent: bool = True,
         queue: str = "",
+        match_operation: bool = True,
     ) -> None:
         """Subscribe to commands and dispatch each by its message type.
 
+        With match_operation, a message's type must name the subject's last
+        token as its operation (`host.power` only on `....power`), so subject
+        permissions on the broker also limit which commands a sender can give.
         Malformed or unexpected messages get an error reply and an
         `agent.message_rejected` event; the agent keeps running.
         """
 
         async def on_message(msg: Msg) -> None:
             if concurrent:
-                self.spawn(self._dispatch(msg, handlers), f"handle {msg.subject}")
+                self.spawn(self._dispatch(msg, handlers, match_operation), f"handle {msg.subject}")
             else:
-                await self._dispatch(msg, handlers)
+                await self._dispatch(msg, handlers, match_operation)
 
         await self.nc.subscribe(subject, queue=queue, cb=on_message)
 
-    async def _dispatch(self, msg: Msg, handlers: dict[type[proto.Message], Handler]) -> None:
+    async def _dispatch(
+        self, msg: Msg, handlers: dict[type[proto.Message], Handler], match_operation: bool = True
+    ) -> None:
         try:
             envelope = proto.decode(msg.data)
             message = proto.parse(envelope)
             handler = handlers.get(type(message))
-            if handler is None:
+            operation = msg.subject.rsplit(".", 1)[-1]
+            if handler is None or (match_operation and envelope.type.split(".", 1)[-1] != operation):
                 raise proto.MessageRejected("unexpected-type", f"{envelope.type!r} is not served on {msg.subject}")
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)

@@ -167,14 +167,19 @@ def run(args: argparse.Namespace) -> int:
 def _run_keys_init(args: argparse.Namespace) -> int:
     state_dir = resolve_state_dir(args.state_dir)
     key_dir = args.dir or state_dir / "keys"
-    keys = sb.init_keys(key_dir, args.algorithm)
+    try:
+        keys = sb.init_keys(key_dir, args.algorithm)
+    except (FileExistsError, NotADirectoryError, PermissionError) as error:
+        raise ConfigError(f"cannot write keys to {key_dir}: {error.strerror}: {error.filename}") from None
     print(f"keys written to {key_dir}:")
     for role in sb.ROLES:
         pair = keys.role(role)
         print(f"  {role:<9} {pair.algorithm:<11} {pair.certificate.subject.rfc4514_string()}  "
               f"SHA-256 {pair.fingerprint_sha256.hex()[:16]}...")
     print("  db.esl (firmware certificate), dbx.esl (empty)")
-    _write_bus_credentials(state_dir, args.hosts)
+    # With only --dir, everything stays in that directory; the bus material belongs to a state dir.
+    if args.dir is None or args.state_dir is not None:
+        _write_bus_credentials(state_dir, args.hosts)
     return 0
 
 

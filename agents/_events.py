@@ -18,7 +18,7 @@ import proto
 from proto import subjects
 
 from ._bus import operator_options_for
-from ._locate import broker_url
+from ._locate import broker_url, cluster_running
 
 
 def _jsonable(value: Any) -> Any:
@@ -49,16 +49,40 @@ def format_event(seq: int, envelope: proto.Envelope, as_json: bool) -> str:
 async def print_events(
     state_dir: str | None, nats_url: str | None, follow: bool, as_json: bool, pattern: str | None
 ) -> int:
+    if follow and not cluster_running(state_dir, nats_url):
+        print("dcfleet: the cluster is not running; printing its stored events, no new ones will come",
+              file=sys.stderr)
+        follow = False
     async with broker_url(state_dir, nats_url) as url:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2,
-                                **operator_options_for(state_dir, url))
+        closed = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            # Connection errors end the command below with one line; nats-py's own
+            # report would be a traceback per reconnect attempt.
+            pass
+
+        async def on_closed() -> None:
+            closed.set()
+
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2, error_cb=on_error,
+                                closed_cb=on_closed, **operator_options_for(state_dir, url))
         try:
-            return await _print_from(nc, follow, as_json, pattern)
+            return await _print_from(nc, follow, as_json, pattern, closed)
         finally:
+            await _disconnect(nc)
+
+
+async def _disconnect(nc: Any) -> None:
+    try:
+        if nc.is_connected:
             await nc.drain()
+        else:
+            await nc.close()
+    except (nats.errors.Error, OSError):
+        pass
 
 
-async def _print_from(nc: Any, follow: bool, as_json: bool, pattern: str | None) -> int:
+async def _print_from(nc: Any, follow: bool, as_json: bool, pattern: str | None, closed: asyncio.Event) -> int:
     js = nc.jetstream()
     try:
         info = await js.stream_info(subjects.EVENTS_STREAM)
@@ -69,19 +93,29 @@ async def _print_from(nc: Any, follow: bool, as_json: bool, pattern: str | None)
     if last_seq == 0 and not follow:
         return 0
     subscription = await js.subscribe(subjects.EVENTS_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    waited_s = 0.0
     try:
         while True:
             try:
-                msg = await subscription.next_msg(timeout=None if follow else 10)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                print(f"error: timed out reading the event stream at sequence {last_seq}", file=sys.stderr)
-                return 1
+                msg = await subscription.next_msg(timeout=1.0)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+                if closed.is_set() or nc.is_closed:
+                    print("dcfleet: lost the connection to the cluster's broker (the cluster stopped?); "
+                          "no more events", file=sys.stderr)
+                    return 0 if follow else 1
+                waited_s += 1.0
+                if not follow and waited_s >= 10:
+                    print(f"error: timed out reading the event stream at sequence {last_seq}", file=sys.stderr)
+                    return 1
+                continue
+            waited_s = 0.0
             seq = msg.metadata.sequence.stream
             _print_one(seq, msg.data, as_json, pattern)
             if not follow and seq >= last_seq:
                 return 0
     finally:
-        await subscription.unsubscribe()
+        if nc.is_connected:
+            await subscription.unsubscribe()
 
 
 def _print_one(seq: int, data: bytes, as_json: bool, pattern: str | None) -> None:

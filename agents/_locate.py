@@ -15,6 +15,14 @@ def resolve_state_dir(state_dir: str | None) -> Path:
     return Path(state_dir).expanduser() if state_dir else default_state_dir()
 
 
+def cluster_running(state_dir: str | None, nats_url: str | None) -> bool:
+    """Whether the cluster is live: an explicit --nats URL counts as live."""
+    if nats_url:
+        return True
+    config = ClusterConfig.load(resolve_state_dir(state_dir))
+    return config.running and pid_alive(config.supervisor_pid)
+
+
 @asynccontextmanager
 async def broker_url(state_dir: str | None, nats_url: str | None) -> AsyncIterator[str]:
     """Yield the URL of the cluster's broker.

@@ -56,8 +56,8 @@ class Restarter:
             ran_for_s = time.monotonic() - started
             policy = self.policies.setdefault(name, RestartPolicy())
             delay_s = policy.delay_s(ran_for_s)
-            print(f"dcfleet: agent {name} exited with status {status}; restarting in {delay_s:g} s "
-                  f"(log: {child.log_path})", file=sys.stderr, flush=True)
+            self.supervisor.note(f"dcfleet: agent {name} exited with status {status}; restarting in {delay_s:g} s "
+                                 f"(log: {child.log_path})")
             self.events.put_nowait(proto.AgentCrashed(agent=name, kind=child.kind, pid=child.process.pid,
                                                       exit_status=status, restart_in_s=delay_s))
             await asyncio.sleep(delay_s)
@@ -85,8 +85,8 @@ class Restarter:
                 await asyncio.sleep(BROKER_POLL_S)
             died = time.monotonic()
             delay_s = policy.delay_s(died - started)
-            print(f"dcfleet: broker exited with status {server.process.returncode}; restarting in {delay_s:g} s",
-                  file=sys.stderr, flush=True)
+            self.supervisor.note(f"dcfleet: broker exited with status {server.process.returncode}; "
+                                 f"restarting in {delay_s:g} s")
             await asyncio.sleep(delay_s)
             # Same port and store dir: agents reconnect to the same URL and the stream survives.
             await asyncio.to_thread(server.start)

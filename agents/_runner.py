@@ -27,8 +27,9 @@ def run_agent(kind: str, agent_id: str | None, state_dir: Path, log_level: str |
         from .power._agent import PowerManager as cls
     else:
         raise SystemExit(f"unknown agent kind {kind!r}")
+    # Configure logging before the agent binds its logger, or that logger keeps structlog's defaults.
+    _log.configure(log_level)
     agent = cls(config, agent_id or kind)
-    _log.configure(log_level, agent=agent.source)
     _metrics.serve(state_dir, subjects.source_token(agent.source))
     asyncio.run(agent.run())
     return 0

@@ -48,6 +48,10 @@ class Summary:
             host.utilization = float(data.get("utilization", 0.0) or 0.0)
             host.vms = len(data.get("vms") or {})
             host.watts = float(data.get("power_watts", 0.0) or 0.0)
+            if data.get("booted"):
+                host.state = "booted"
+            elif host.power_state == "Off":
+                host.state = "off"
             self.sim_time = max(self.sim_time, float(data.get("sim_time", 0.0) or 0.0))
         elif event_type == "host.booted" and host is not None:
             host.state = "booted"
@@ -69,10 +73,11 @@ class Summary:
     def lines(self) -> list[str]:
         hours, rest = divmod(int(self.sim_time), 3600)
         on = sum(1 for h in self.hosts.values() if h.power_state == "On")
+        in_service = sum(1 for h in self.hosts.values() if h.power_state == "On" and h.state == "booted")
         vms = sum(h.vms for h in self.hosts.values())
         watts = sum(h.watts for h in self.hosts.values())
         head = (
-            f"sim {hours:02d}:{rest // 60:02d}  hosts on {on}/{len(self.hosts)}  VMs {vms}  "
+            f"sim {hours:02d}:{rest // 60:02d}  hosts on {on}/{len(self.hosts)} ({in_service} booted)  VMs {vms}  "
             f"migrations {self.migrations_completed} ok {self.migrations_failed} failed  "
             f"power-off {self.power_offs} power-on {self.power_ons}  {watts:.0f} W"
         )
@@ -83,6 +88,10 @@ class Summary:
             for host_id, h in self.hosts.items()
         ]
         return [head] + rows
+
+    def detach(self) -> None:
+        """Draw the next summary below what was printed meanwhile instead of over it."""
+        self._lines_drawn = 0
 
     def render(self) -> None:
         lines = self.lines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from ._process import set_parent_death_signal
 from ._restarter import Restarter
 from ._supervise import PidRegistry, ProcessEntry
 from ._summary import Summary
+from ._vmstore import HostStore
 from ._workload import VM_TYPES_MIPS, default_trace_dir, load_traces
 from .host._secure_boot import prepare_secure_boot
 from .bmc._material import prepare_bmc_material
@@ -138,6 +140,17 @@ def prepare_state(config: ClusterConfig) -> None:
     prepare_bmc_material(config)
 
 
+def clear_run_state(config: ClusterConfig) -> None:
+    """Forget the VMs and power states a previous run left in the host agents' stores.
+
+    Each `up` starts a fresh event history, so hosts start empty and powered on to
+    match it. The stores serve agents restarted by the supervisor within one run.
+    Keys, boot banks, host secure boot state and installed DPU OSes are kept.
+    """
+    for host in config.hosts:
+        shutil.rmtree(HostStore(config.state_dir, host.id).root, ignore_errors=True)
+
+
 def check_not_running(state_dir: Path) -> None:
     try:
         existing = ClusterConfig.load(state_dir)
@@ -157,6 +170,7 @@ class Supervisor:
         self.server: NatsServer | None = None
         self.children: list[Child] = []
         self.stopping = asyncio.Event()
+        self.summary: Summary | None = None
         self.stop_reason = ""
 
     async def run(self) -> int:
@@ -164,6 +178,7 @@ class Supervisor:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         config = self.config = build_config(self.options)
         prepare_state(config)
+        clear_run_state(config)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -178,7 +193,7 @@ class Supervisor:
         if self.stopping.is_set():
             return
         self.stop_reason = signal.Signals(signum).name
-        print(f"\n{self.stop_reason} received: stopping the cluster", file=sys.stderr, flush=True)
+        self.note(f"\n{self.stop_reason} received: stopping the cluster")
         self.stopping.set()
 
     async def _start(self, config: ClusterConfig) -> None:
@@ -235,8 +250,14 @@ class Supervisor:
         self.children.append(Child(name, kind, process, log_path))
         PidRegistry(self.config.state_dir).record(ProcessEntry(name, kind, agent_id, process.pid))
 
+    def note(self, text: str) -> None:
+        """Print a supervisor message to stderr, below the live summary."""
+        print(text, file=sys.stderr, flush=True)
+        if self.summary is not None:
+            self.summary.detach()
+
     async def _watch(self, config: ClusterConfig) -> None:
-        summary = Summary(config, sys.stdout)
+        summary = self.summary = Summary(config, sys.stdout)
         nc = await nats.connect(_bus.server_urls(config), connect_timeout=5, max_reconnect_attempts=-1,
                                 **_bus.operator_options(config))
         restarter = asyncio.ensure_future(Restarter(self).run(nc))
@@ -251,6 +272,9 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), timeout)
                 except asyncio.TimeoutError:
                     pass
+                if self.stopping.is_set():
+                    # Keep the stop message on screen: a redraw would move up over it.
+                    break
                 summary.render()
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stop_reason = "duration"

@@ -80,6 +80,11 @@ def test_cluster_quarantines_revoked_loader_and_bad_quote(tmp_path):
         )
         assert injected.returncode == 0, injected.stdout + injected.stderr
         assert "host.boot_failed file=modules/vmx.img check=rollback" in injected.stdout
+        # A boot failure at run time quarantines the host at once, not at the next placement.
+        events = wait_for_events(state, lambda ev: of_type(ev, "host.quarantined", host="h1"))
+        h1_quarantine = of_type(events, "host.quarantined", host="h1")
+        assert h1_quarantine[0]["check"] == "boot-failed"
+        assert "rollback" in h1_quarantine[0]["reason"]
     finally:
         process.send_signal(signal.SIGINT)
         try:

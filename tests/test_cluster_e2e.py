@@ -116,3 +116,17 @@ def test_second_up_on_same_state_dir_rejected(tmp_path):
         first.communicate(timeout=60)
     assert first.returncode == 0
     assert processes_mentioning(str(state)) == []
+
+
+def test_second_run_starts_hosts_empty(tmp_path):
+    state = tmp_path / "state"
+    command = dcfleet_command("up", "--state-dir", str(state), "--hosts", "2", "--vms", "3", "--duration", "8")
+    for _ in range(2):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    events = read_events(state)
+    # The second run's history places every VM again: no host kept VMs from the first run.
+    assert len([e for e in events if e["type"] == "vm.placed"]) == 3
+    check = subprocess.run(dcfleet_command("check", "--state-dir", str(state)), capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

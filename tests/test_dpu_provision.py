@@ -145,6 +145,24 @@ def test_check_capsule_rejects_rollback(keys):
     assert caught.value.check == "monotonic-count"
 
 
+def test_check_capsule_rejects_older_version(keys):
+    _state, trusted, signer = keys
+    installed = InstalledOs("2.2.0", fw_version_of("2.2.0"), 7, "x", "b", lowest_supported_version=fw_version_of("2.2.0"))
+    older = capsule.build_capsule(b"x", fw_version=fw_version_of("2.1.0"), monotonic_count=8,
+                                  signer_cert=signer.cert, signer_key=signer.key)
+    with pytest.raises(InstallRejected) as caught:
+        check_capsule(older, installed, trusted)
+    assert caught.value.check == "version"
+    assert "2.1.0" in caught.value.reason
+
+
+def test_check_capsule_accepts_same_version_again(keys):
+    _state, trusted, signer = keys
+    installed = InstalledOs("2.2.0", fw_version_of("2.2.0"), 7, "x", "b", lowest_supported_version=fw_version_of("2.2.0"))
+    decoded = check_capsule(signed(signer, monotonic_count=8), installed, trusted)
+    assert decoded.monotonic_count == 8
+
+
 def test_check_capsule_rejects_truncated(keys):
     _state, trusted, signer = keys
     with pytest.raises(InstallRejected) as caught:

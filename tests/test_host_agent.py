@@ -119,6 +119,9 @@ async def test_host_rejects_malformed_commands_and_keeps_running(cluster_state, 
         assert "unknown-version" in proto.parse(proto.decode(reply.data), proto.Reply).error
         rejected = await next_event(events, "agent.message_rejected", agent="host.h1")
         assert rejected.data["reason"] == "malformed"
+        # A command type must match the subject's operation: power sent on .status is rejected.
+        misrouted = await request(bus, "h1", "status", proto.HostPower("ForceOff"))
+        assert "is not served on" in misrouted.error
         bad_vm = await request(bus, "h1", "vm_create", proto.VmCreate("vm 1", [10], 500.0, 4096, 1))
         assert "invalid VM id" in bad_vm.error
         bad_power = await request(bus, "h1", "power", proto.HostPower("Explode"))

@@ -115,6 +115,7 @@ class DpuAgent(Agent):
         version = boot_version(decoded.image, decoded.fw_version)
         installed = InstalledOs(version=version, fw_version=decoded.fw_version,
                                 monotonic_count=decoded.monotonic_count,
+                                lowest_supported_version=decoded.lowest_supported_version,
                                 image=f"slot-{slot} sha256:{hashlib.sha256(decoded.image).hexdigest()[:16]}",
                                 slot=slot)
         await asyncio.to_thread(dpu.store.commit, installed)

@@ -45,6 +45,8 @@ class InstalledOs:
     monotonic_count: int
     image: str
     slot: str
+    # The installed image's FMP LowestSupportedVersion: older images are refused.
+    lowest_supported_version: int = 0
 
     @property
     def other_slot(self) -> str:
@@ -71,6 +73,10 @@ def check_capsule(data: bytes, installed: InstalledOs, trusted_cert: x509.Certif
     if decoded.monotonic_count <= installed.monotonic_count:
         raise InstallRejected("monotonic-count", f"MonotonicCount {decoded.monotonic_count} is not above the "
                               f"installed {installed.monotonic_count}")
+    if decoded.fw_version < installed.lowest_supported_version:
+        raise InstallRejected("version", f"FwVersion {format_fw_version(decoded.fw_version)} is below the "
+                              f"installed OS's LowestSupportedVersion "
+                              f"{format_fw_version(installed.lowest_supported_version)}")
     return decoded
 
 

@@ -108,6 +108,8 @@ class HostAgent(MigrationSourceMixin, MigrationDestinationMixin, GuestMemoryMixi
         await self.publish(
             proto.HostBootFailed(host=self.id, file=failure.path, check=failure.check, reason=failure.reason)
         )
+        # VMs restored from the agent's store cannot run without a booted hypervisor.
+        await self._drop_all_vms(f"host failed to boot: {failure.path} {failure.check}")
 
     async def on_quote(self, message: proto.QuoteRequest, _msg: Any) -> dict[str, Any]:
         """Return the boot state and, once booted, a quote of the PCRs over the verifier's nonce."""
@@ -139,11 +141,16 @@ class HostAgent(MigrationSourceMixin, MigrationDestinationMixin, GuestMemoryMixi
             self._boot_task = self.spawn(self.boot(), "boot")
         return {"power_state": self.power_state}
 
-    async def _power_off(self, via: str) -> None:
+    async def _drop_all_vms(self, reason: str) -> None:
         for vm_id in list(self.vms):
             del self.vms[vm_id]
             self.store.drop_vm(vm_id)
-            await self.publish(proto.VmLost(vm=vm_id, host=self.id, reason="host powered off"))
+            self.log.warning("vm.lost", vm=vm_id, reason=reason)
+            await self.publish(proto.VmLost(vm=vm_id, host=self.id, reason=reason))
+        self.ram.keep_only(self.vms)
+
+    async def _power_off(self, via: str) -> None:
+        await self._drop_all_vms("host powered off")
         for incoming in list(self.incoming.values()):
             await self._drop_incoming(incoming)
         for migration in list(self.outgoing):

@@ -153,7 +153,9 @@ class DpuInstaller:
             raise ProvisionFailed(str(exc)) from None
         data = await asyncio.to_thread(
             capsule.build_capsule, image, fw_version=provision.image.fw_version, monotonic_count=monotonic_count,
-            signer_cert=signer.cert, signer_key=signer.key)
+            signer_cert=signer.cert, signer_key=signer.key,
+            # Once installed, the DPU refuses any older image: FMP version rollback protection.
+            lowest_supported_version=provision.image.fw_version)
         self.capsules[provision.provision_id] = data
         return f"{self.base_url}/capsules/{provision.provision_id}.cap", monotonic_count
 

@@ -46,7 +46,7 @@ class MigrationCoordinator(Agent):
         for started in _recovery.unfinished_migrations(await _recovery.read_history(self.nc)):
             self.log.info("migration.recovering", **started)
             await _recovery.resolve_migration(self, started)
-        await self.serve(subjects.MIGRATION_REQUEST, {proto.MigrationRequest: self.on_request})
+        await self.serve(subjects.MIGRATION_REQUEST, {proto.MigrationRequest: self.on_request}, match_operation=False)
 
     async def _on_heartbeat(self, msg: Any) -> None:
         try:

@@ -56,6 +56,7 @@ class PowerManager(Agent):
         )
         await self.nc.subscribe(subjects.event(proto.HostHeartbeat.TYPE), cb=self._on_heartbeat)
         await self.nc.subscribe(subjects.event(proto.HostBootFailed.TYPE), cb=self._on_boot_failed)
+        await self.nc.subscribe(subjects.event(proto.HostBooted.TYPE), cb=self._on_booted)
         await self.attestation.start()
         self.spawn(self.main(), "power-main")
 
@@ -87,6 +88,17 @@ class PowerManager(Agent):
             await self.reject(msg, exc)
             return
         self.failed_boot.add(event.host)
+        # Quarantine the host now, not only when a VM would next be placed on it.
+        self.attestation.ledger.forget(event.host)
+        self.spawn(self.attestation.require(event.host), f"attest {event.host}")
+
+    async def _on_booted(self, msg: Any) -> None:
+        try:
+            event = proto.parse(proto.decode(msg.data), proto.HostBooted)
+        except proto.MessageRejected as exc:
+            await self.reject(msg, exc)
+            return
+        self.failed_boot.discard(event.host)
 
     # ---- startup ------------------------------------------------------------
 

@@ -162,11 +162,13 @@ def boot_host(bank_dir: str | Path, state_dir: str | Path) -> BootReport:
 
 def _check_bank_root(bank_dir: str | Path, state: HostState) -> Path:
     bank_root = Path(os.path.realpath(bank_dir))
+    if bank_root.exists() and not bank_root.is_dir():
+        raise BootRejected(bank_dir, "format", "boot bank path is a file, not a directory")
     if not bank_root.is_dir():
         raise BootRejected(bank_dir, "missing", "boot bank directory not found")
     check_namespaces_disjoint(bank_root, state.root)
     if not any(bank_root.iterdir()):
-        raise BootRejected(bank_dir, "format", "boot bank is empty; build one with build_image")
+        raise BootRejected(bank_dir, "format", "boot bank is empty; build one with `dcfleet image build`")
     return bank_root
 
 

@@ -1,0 +1,202 @@
+"""Live migration of a 1 GiB VM between real host agents, against nats-py request/reply.
+
+Starts a nats-server, two host agent processes and the migration coordinator
+(the processes `dcfleet up` runs), creates an idle VM on h1 and migrates it to
+h2 with the coordinator. The baseline, in the same run and on the same server,
+is one nats-py process sending requests of the agents' page-batch size to
+another with the same number in flight, which is the bus's own limit for this
+data path. Prints both rates in MB/s (10^6 bytes), the ratio (goal: 0.7 or
+more) and the migration's query-migrate statistics.
+
+    python bench/bench_migration_agents.py [--memory-mib 1024] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nats  # noqa: E402
+from nats.js.api import DeliverPolicy  # noqa: E402
+
+import proto  # noqa: E402
+from agents._nats_server import NatsServer  # noqa: E402
+from agents._up import UpOptions, build_config, prepare_state  # noqa: E402
+from agents.host._migrate_source import BATCHES_IN_FLIGHT as IN_FLIGHT  # noqa: E402
+from agents.migration_core import DATA_RECORD_SIZE_BYTES, DEFAULT_RECORDS_PER_BATCH  # noqa: E402
+from proto import subjects  # noqa: E402
+
+MIB = 1 << 20
+BATCH_BYTES = 10 + DEFAULT_RECORDS_PER_BATCH * DATA_RECORD_SIZE_BYTES
+
+
+async def responder(url: str, subject: str) -> None:
+    nc = await nats.connect(url)
+
+    async def answer(msg) -> None:
+        await msg.respond(b"")
+
+    await nc.subscribe(subject, cb=answer)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def baseline(url: str, total_bytes: int) -> float:
+    """MB/s of requests of BATCH_BYTES answered by another process, IN_FLIGHT at a time."""
+    subject = "bench.baseline"
+    child = subprocess.Popen([sys.executable, __file__, "--responder", url, subject], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+        nc = await nats.connect(url)
+        payload = b"\x5a" * BATCH_BYTES
+        count = total_bytes // BATCH_BYTES
+        window = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one() -> None:
+            async with window:
+                await nc.request(subject, payload, timeout=30)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        return count * BATCH_BYTES / elapsed / 1e6
+    finally:
+        child.terminate()
+        child.wait()
+
+
+def start_agent(state_dir: str, kind: str, agent_id: str | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "agents", "agent", kind, "--state-dir", state_dir]
+    if agent_id:
+        args += ["--id", agent_id]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def request(nc, subject: str, message: proto.Message, timeout_s: float) -> dict:
+    envelope = proto.Envelope(type=message.TYPE, source="bench", data=message.to_data())
+    reply = proto.parse(proto.decode((await nc.request(subject, proto.encode(envelope), timeout=timeout_s)).data),
+                        proto.Reply)
+    if not reply.ok:
+        raise RuntimeError(f"{message.TYPE}: {reply.error}")
+    return reply.result
+
+
+async def wait_for(events, event_type: str, timeout_s: float, **match) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        msg = await events.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+        envelope = proto.decode(msg.data)
+        if envelope.type == event_type and all(envelope.data.get(k) == v for k, v in match.items()):
+            return
+
+
+async def migrations(url: str, state_dir: Path, memory_mib: int, repeat: int) -> list[dict]:
+    options = UpOptions(state_dir=state_dir, hosts=2, vms=0, nats_url=url,
+                        host_memory_bytes=(memory_mib + 512) * MIB)
+    state_dir.mkdir()
+    config = build_config(options)
+    config.nats_url = url
+    prepare_state(config)
+    config.running = True
+    config.save()
+    nc = await nats.connect(url)
+    processes = [start_agent(config.state_dir, "host", h) for h in ("h1", "h2")]
+    try:
+        js = nc.jetstream()
+        for _ in range(100):
+            try:
+                await js.stream_info(subjects.EVENTS_STREAM)
+                break
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.1)
+        events = await js.subscribe(subjects.EVENTS_ALL, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        await wait_for(events, "host.booted", 60, host="h1")
+        processes.append(start_agent(config.state_dir, "migration"))
+        await wait_for(events, "agent.started", 60, agent="migration")
+        print(f"creating a {memory_mib} MiB idle VM on h1", flush=True)
+        await request(nc, subjects.host_command("h1", "vm_create"),
+                      proto.VmCreate("big", [0], 1000.0, memory_mib * MIB, 7), 300)
+        results = []
+        hosts = ["h1", "h2"]
+        for run in range(repeat):
+            source, destination = hosts[run % 2], hosts[(run + 1) % 2]
+            for _ in range(100):  # the coordinator learns where the VM is from heartbeats
+                try:
+                    stats = await request(nc, subjects.MIGRATION_REQUEST,
+                                          proto.MigrationRequest(vm="big", destination=destination, source=source), 600)
+                    break
+                except RuntimeError as exc:
+                    if "unknown VM" not in str(exc):
+                        raise
+                    await asyncio.sleep(0.5)
+            ram = stats["ram"]
+            rate = ram["transferred"] / (stats["total-time"] / 1000) / 1e6
+            print(f"run {run + 1}: {source} -> {destination}: {rate:.1f} MB/s, total-time {stats['total-time']} ms, "
+                  f"downtime {stats['downtime']} ms, transferred {ram['transferred']} bytes", flush=True)
+            results.append({"rate": rate, **stats})
+        await events.unsubscribe()
+        return results
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        await nc.close()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="dcfleet-bench-migrate-"))
+    server = NatsServer(workdir / "nats", workdir / "nats.log")
+    server.start()
+    try:
+        print(f"nats-server on {server.url}; batch {BATCH_BYTES} bytes, {IN_FLIGHT} in flight", flush=True)
+        baselines = []
+        for run in range(args.repeat):
+            baselines.append(await baseline(server.url, args.memory_mib * MIB))
+            print(f"baseline run {run + 1}: {baselines[-1]:.1f} MB/s", flush=True)
+        results = await migrations(server.url, workdir / "state", args.memory_mib, args.repeat)
+        base = statistics.median(baselines)
+        rate = statistics.median(r["rate"] for r in results)
+        print(f"\nnats-py request/reply (baseline): {base:.1f} MB/s (median of {len(baselines)})")
+        print(f"agent migration, {args.memory_mib} MiB VM: {rate:.1f} MB/s (median of {len(results)})")
+        print(f"ratio: {rate / base:.2f} (goal: at least 0.7)")
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-mib", type=int, default=1024, help="VM memory in MiB (default: 1024)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each side; medians are compared")
+    parser.add_argument("--responder", nargs=2, metavar=("URL", "SUBJECT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.responder:
+        asyncio.run(responder(*args.responder))
+        return
+    if args.memory_mib <= 0 or args.repeat <= 0:
+        parser.error("--memory-mib and --repeat must be positive")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        print("interrupted; the server and agents were stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
