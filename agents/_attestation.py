@@ -185,7 +185,7 @@ class AttestationGate:
 
     async def _on_boot_event(self, msg: Any) -> None:
         try:
-            event = proto.parse(proto.decode(msg.data))
+            event = proto.parse_event(msg.subject, msg.data)
         except proto.MessageRejected as error:
             await self.agent.reject(msg, error)
             return

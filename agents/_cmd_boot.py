@@ -45,7 +45,7 @@ def _add_keys_parser(commands: argparse._SubParsersAction, add_cluster_options) 
         description="Generate one key and self-signed certificate per role (firmware: in db, verifies the "
         "loader; loader: verifies kernel and verifier; vendor and owner: verify modules), the firmware db "
         "and an empty dbx as EFI signature lists. Existing key files are never overwritten. Also writes the "
-        "cluster's bus credentials (NKeys, TLS) into the state dir when that feature is installed.",
+        "cluster's bus credentials (NKeys, TLS) into the state dir, unless only --dir is given.",
     )
     init.add_argument("--dir", type=Path, metavar="DIR", help="key directory (default: <state dir>/keys)")
     init.add_argument("--algorithm", choices=sb.ALGORITHMS, default=sb.ALGORITHM_ED25519,
@@ -301,7 +301,7 @@ async def _report_boot(subscription, host_id: str, expected_file: str, timeout_s
         except asyncio.TimeoutError:
             break
         try:
-            event = proto.parse(proto.decode(msg.data))
+            event = proto.parse_event(msg.subject, msg.data)
         except proto.MessageRejected:
             continue
         if getattr(event, "host", None) != host_id:

@@ -100,7 +100,7 @@ async def _follow(subscription: Any, provisions: dict[str, dict], timeout_s: flo
         except asyncio.TimeoutError:
             continue
         try:
-            event = proto.parse(proto.decode(msg.data))
+            event = proto.parse_event(msg.subject, msg.data)
         except proto.MessageRejected:
             continue
         if getattr(event, "provision", None) not in pending:

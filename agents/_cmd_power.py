@@ -155,7 +155,7 @@ async def status(state_dir: str | None, nats_url: str | None, wait_s: float) -> 
 
         async def on_heartbeat(msg) -> None:
             try:
-                heartbeat = proto.parse(proto.decode(msg.data), proto.HostHeartbeat)
+                heartbeat = proto.parse_event(msg.subject, msg.data, proto.HostHeartbeat)
             except proto.MessageRejected:
                 return
             heartbeats[heartbeat.host] = heartbeat

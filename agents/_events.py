@@ -20,6 +20,8 @@ from proto import subjects
 from ._bus import operator_options_for
 from ._locate import broker_url, cluster_running
 
+STREAM_READY_TIMEOUT_S = 30.0
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
@@ -84,11 +86,22 @@ async def _disconnect(nc: Any) -> None:
 
 async def _print_from(nc: Any, follow: bool, as_json: bool, pattern: str | None, closed: asyncio.Event) -> int:
     js = nc.jetstream()
-    try:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
-    except NotFoundError:
-        print(f"error: the broker has no {subjects.EVENTS_STREAM} stream; is this a dcfleet cluster?", file=sys.stderr)
-        return 1
+    # A broker cluster that was just started elects the stream's leader first: retry for a while.
+    deadline = asyncio.get_running_loop().time() + STREAM_READY_TIMEOUT_S
+    while True:
+        try:
+            info = await js.stream_info(subjects.EVENTS_STREAM)
+            break
+        except NotFoundError:
+            print(f"error: the broker has no {subjects.EVENTS_STREAM} stream; is this a dcfleet cluster?",
+                  file=sys.stderr)
+            return 1
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                print(f"error: the event stream did not answer within {STREAM_READY_TIMEOUT_S:g} s ({exc!r}); "
+                      "is the broker cluster up?", file=sys.stderr)
+                return 1
+            await asyncio.sleep(0.5)
     last_seq = info.state.last_seq
     if last_seq == 0 and not follow:
         return 0

@@ -193,7 +193,7 @@ class Supervisor:
         if self.stopping.is_set():
             return
         self.stop_reason = signal.Signals(signum).name
-        self.note(f"\n{self.stop_reason} received: stopping the cluster")
+        self.note(f"\ndcfleet: {self.stop_reason} received: stopping the cluster")
         self.stopping.set()
 
     async def _start(self, config: ClusterConfig) -> None:
@@ -206,7 +206,8 @@ class Supervisor:
         await self._reset_event_stream(config.nats_url)
         config.running = True
         config.save()
-        print(f"dcfleet: broker {config.nats_url}, state dir {config.state_dir}", flush=True)
+        brokers = ", ".join(_bus.server_urls(config))
+        print(f"dcfleet: broker {brokers}, state dir {config.state_dir}", flush=True)
         print(f"dcfleet: {len(config.hosts)} hosts, {len(config.vms)} VMs, time scale {config.time_scale:g}x; "
               "Ctrl-C stops the cluster", flush=True)
         for name, kind, agent_id in _fleet.host_children(config, self.options.hosts_per_process):
@@ -258,8 +259,12 @@ class Supervisor:
 
     async def _watch(self, config: ClusterConfig) -> None:
         summary = self.summary = Summary(config, sys.stdout)
+        async def on_error(exc: Exception) -> None:
+            # The broker may be down on purpose (a fault) or restarting: one debug line, no traceback.
+            log.debug("supervisor.bus_error", error=repr(exc))
+
         nc = await nats.connect(_bus.server_urls(config), connect_timeout=5, max_reconnect_attempts=-1,
-                                **_bus.operator_options(config))
+                                error_cb=on_error, **_bus.operator_options(config))
         restarter = asyncio.ensure_future(Restarter(self).run(nc))
         try:
             await nc.subscribe(subjects.EVENTS_ALL, cb=summary.on_event)

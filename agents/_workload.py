@@ -37,10 +37,15 @@ def read_trace(path: Path) -> VmTrace:
     except OSError as exc:
         raise TraceError(path, f"cannot read: {exc.strerror}") from None
     values: list[int] = []
+    blank_line = 0
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped:
+            blank_line = blank_line or number
             continue
+        if blank_line:
+            # A gap would shift every later sample by one 300 s step.
+            raise TraceError(path, "blank line inside the trace", blank_line)
         try:
             value = int(stripped)
         except ValueError:

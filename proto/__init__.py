@@ -9,7 +9,7 @@ from ._envelope import (
     decode,
     encode,
 )
-from ._messages import MESSAGE_TYPES, Message, message, parse
+from ._messages import MESSAGE_TYPES, Message, message, parse, parse_event
 from . import _messages_secureboot  # noqa: F401  (registers host.quarantined, host.quote)
 from . import _messages_chaos  # noqa: F401  (registers fault, supervision and outcome types)
 from . import _messages_pagetables  # noqa: F401  (registers page-table steps, stage-2 and dump types)
@@ -31,5 +31,6 @@ __all__ = [
     "encode",
     "message",
     "parse",
+    "parse_event",
     "subjects",
 ] + sorted(cls.__name__ for cls in MESSAGE_TYPES.values())

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
-from ._envelope import Envelope, MessageRejected
+from ._envelope import Envelope, MessageRejected, decode
 
 MESSAGE_TYPES: dict[str, type["Message"]] = {}
 
@@ -85,6 +85,28 @@ def message(type_name: str):
         return cls
 
     return register
+
+
+def parse_event(subject: str, payload: bytes, expected: type[M] | None = None) -> M:
+    """Decode and parse an event received on `subject`, checking who sent it.
+
+    The broker's permissions only limit which subjects an agent may publish on,
+    so the envelope's source and type must match the subject's, and an event of
+    a host agent may only name that host.
+    """
+    from . import subjects
+
+    envelope = decode(payload)
+    source = subjects.event_source(subject)
+    if envelope.source != source or envelope.type != subjects.event_type(subject):
+        raise MessageRejected(
+            "forged-source",
+            f"{envelope.type!r} from {envelope.source!r} arrived on {subject}, which belongs to {source!r}",
+        )
+    host = envelope.data.get("host")
+    if source.startswith("host.") and host is not None and host != source.removeprefix("host."):
+        raise MessageRejected("forged-source", f"{source!r} published {envelope.type!r} about host {host!r}")
+    return parse(envelope, expected)
 
 
 def parse(envelope: Envelope, expected: type[M] | None = None) -> M:

@@ -39,6 +39,11 @@ def events_from(source: str) -> str:
     return f"{PREFIX}.events.{source_token(source)}.>"
 
 
+def event_source(subject: str) -> str:
+    """Source named by an event subject: `dcfleet.events.host:h1.host.booted` gives `host.h1`."""
+    return subject.removeprefix(f"{PREFIX}.events.").partition(".")[0].replace(":", ".")
+
+
 def event_type(subject: str) -> str:
     """Event type carried by an event subject."""
     return subject.removeprefix(f"{PREFIX}.events.").partition(".")[2]

@@ -77,3 +77,16 @@ def test_invalid_toml_rejected(tmp_path):
     path.write_text("[workload\nhosts = 3")
     with pytest.raises(ScenarioError, match="invalid TOML"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"workload": {"vmz": 50}}, "workload.vmz"),
+    ({"run": {"durration_s": 30}}, "run.durration_s"),
+    ({"random": {"count": 3, "kind": ["kill"]}}, "random.kind"),
+    ({"run": {"duration_s": 30}, "fault": [{"at_s": 1, "kind": "pause", "target": "power", "for_s": 2}]},
+     "fault[0].for_s"),
+])
+def test_scenario_rejects_unknown_key(raw, key):
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(raw)
+    assert key in str(info.value)

@@ -118,3 +118,37 @@ def test_subjects_readme_lists_every_message_type():
     readme = (Path(proto.__file__).parent / "README.md").read_text()
     missing = [name for name in proto.MESSAGE_TYPES if f"`{name}`" not in readme]
     assert missing == []
+
+
+def _event_payload(source, message):
+    return proto.encode(proto.Envelope(type=message.TYPE, source=source, data=message.to_data()))
+
+
+def test_parse_event_accepts_matching_source():
+    booted = proto.HostBooted(host="h1", components=[], boot_count=1)
+    subject = proto.subjects.event_from("host.h1", booted.TYPE)
+    assert proto.parse_event(subject, _event_payload("host.h1", booted)) == booted
+
+
+def test_parse_event_rejects_source_of_other_subject():
+    booted = proto.HostBooted(host="h2", components=[], boot_count=1)
+    # h1's credential may publish on h1's subject only; the envelope claims to be h2.
+    subject = proto.subjects.event_from("host.h1", booted.TYPE)
+    with pytest.raises(proto.MessageRejected) as info:
+        proto.parse_event(subject, _event_payload("host.h2", booted))
+    assert info.value.reason == "forged-source"
+
+
+def test_parse_event_rejects_host_naming_other_host():
+    failed = proto.HostBootFailed(host="h2", file="x", check="signature", reason="forged")
+    subject = proto.subjects.event_from("host.h1", failed.TYPE)
+    with pytest.raises(proto.MessageRejected) as info:
+        proto.parse_event(subject, _event_payload("host.h1", failed))
+    assert "about host 'h2'" in info.value.detail
+
+
+def test_parse_event_rejects_type_of_other_subject():
+    booted = proto.HostBooted(host="h1", components=[], boot_count=1)
+    subject = proto.subjects.event_from("host.h1", "host.heartbeat")
+    with pytest.raises(proto.MessageRejected):
+        proto.parse_event(subject, _event_payload("host.h1", booted))

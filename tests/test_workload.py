@@ -5,8 +5,17 @@ from agents._workload import TraceError, load_traces, read_trace
 
 def test_trace_reads_values(tmp_path):
     path = tmp_path / "vm"
-    path.write_text("5\n17\n\n99\n")
+    path.write_text("5\n17\n99\n\n")
     assert read_trace(path).utilization_pct == (5, 17, 99)
+
+
+def test_trace_blank_line_inside_rejected(tmp_path):
+    path = tmp_path / "gap"
+    path.write_text("5\n\n17\n")
+    with pytest.raises(TraceError) as info:
+        read_trace(path)
+    assert info.value.line == 2
+    assert "blank line" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ class BusBackend:
 
 def _report_progress(msg: Any, dpu_id: str, progress_cb: ProgressCallback) -> None:
     try:
-        event = proto.parse(proto.decode(msg.data), proto.DpuStateChanged)
+        event = proto.parse_event(msg.subject, msg.data, proto.DpuStateChanged)
     except proto.MessageRejected:
         return
     if event.dpu == dpu_id and event.state != "Running":

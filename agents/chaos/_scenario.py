@@ -96,6 +96,10 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
         raise ScenarioError(path, unknown[0], "unknown table; expected workload, run, random, fault")
     scenario = Scenario(path)
     workload, run, rand = raw.get("workload", {}), raw.get("run", {}), raw.get("random")
+    _check_keys(path, "workload", workload, ("hosts", "vms", "time_scale", "power_interval_s", "vm_memory"))
+    _check_keys(path, "run", run, ("duration_s", "settle_s"))
+    if rand is not None:
+        _check_keys(path, "random", rand, ("count", "start_s", "end_s", "kinds", "targets", "pause_s"))
     scenario.hosts = _number(path, "workload.hosts", workload.get("hosts", 3), int, 1)
     if "vms" in workload:
         scenario.vms = _number(path, "workload.vms", workload["vms"], int, 0)
@@ -132,8 +136,18 @@ def _parse_random(path: str, rand: dict[str, Any], scenario: Scenario) -> None:
     scenario.pause_range_s = (float(pause[0]), float(pause[1]))
 
 
+def _check_keys(path: str, table: str, values: Any, known: tuple[str, ...]) -> None:
+    """Reject a misspelt key, which would otherwise fall back to its default silently."""
+    if not isinstance(values, dict):
+        raise ScenarioError(path, table, f"expected a table, got {values!r}")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ScenarioError(path, f"{table}.{unknown[0]}", f"unknown key; expected one of {', '.join(known)}")
+
+
 def _parse_fixed(path: str, index: int, fault: dict[str, Any], scenario: Scenario) -> PlannedFault:
     key = f"fault[{index}]"
+    _check_keys(path, key, fault, ("at_s", "kind", "target", "duration_s"))
     kind = _check_kind(path, f"{key}.kind", fault.get("kind"))
     at_s = _number(path, f"{key}.at_s", fault.get("at_s"), float, 0.0)
     lasting = kind in ("pause", "broker-pause") + BMC_KINDS

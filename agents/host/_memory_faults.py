@@ -68,6 +68,9 @@ async def run_inject_memory_error(args: argparse.Namespace) -> int:
         raise ConfigError("memory-error needs either --frame F, or --vm V with --guest-page P")
     if args.vm is not None and args.guest_page is None:
         raise ConfigError("--vm needs --guest-page P")
+    for option, value in (("--frame", args.frame), ("--guest-page", args.guest_page)):
+        if value is not None and value < 0:
+            raise ConfigError(f"invalid {option} {value}: frame and page numbers start at 0")
     async with cluster_client(args.state_dir, args.nats, source="cli.inject") as client:
         if client.config is not None and args.host not in {h.id for h in client.config.hosts}:
             hosts = ", ".join(h.id for h in client.config.hosts)

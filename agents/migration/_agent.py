@@ -50,7 +50,7 @@ class MigrationCoordinator(Agent):
 
     async def _on_heartbeat(self, msg: Any) -> None:
         try:
-            heartbeat = proto.parse(proto.decode(msg.data), proto.HostHeartbeat)
+            heartbeat = proto.parse_event(msg.subject, msg.data, proto.HostHeartbeat)
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)
             return
