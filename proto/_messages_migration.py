@@ -42,6 +42,16 @@ class HostMemoryError(Message):
     origin: str
 
 
+@message("vm.resumed")
+class VmResumed(Message):
+    """A migration's source host ran its paused VM again on its own; not an outcome of the migration."""
+
+    vm: str
+    host: str
+    migration: str
+    reason: str
+
+
 # ---- commands ---------------------------------------------------------------
 
 

@@ -213,6 +213,25 @@ def test_migration_in_flight_at_stop_is_unfinished_not_lost():
     assert [(u.command, u.key) for u in report.unfinished] == [("migration", "m9")]
 
 
+def test_source_resume_after_failed_migration():
+    # The coordinator fails the migration while the source restarts; the restarted source
+    # later resumes the paused VM on its own and says so with vm.resumed, not an outcome.
+    h = clean_history()
+    failed = h.migrate("m9", "vm2", "h1", "h2", outcome="failed")
+    h.add("agent.started", sender="host.h1", agent="host.h1", kind="host", pid=9)
+    h.add("vm.resumed", sender="host.h1", vm="vm2", host="h1", migration="m9",
+          reason="source h1 got no commit outcome within 15 s; VM resumed on source")
+    h.heartbeat("h1", "vm2")
+    report = check_events(h.events)
+    assert report.violations == []
+    assert report.unfinished == []
+
+    # A second terminal event from the source is what the command invariant catches.
+    h.add("migration.failed", sender="host.h1", **{k: failed["data"][k] for k in
+                                                   ("migration", "vm", "source", "destination", "reason")})
+    assert invariants(check_events(h.events)) == ["command"]
+
+
 def test_power_recommendation_without_outcome_after_restart():
     h = clean_history()
     h.add("power.recommendation", sender="power", action="power_on", host="h3", reason="", scores={}, moves=[],

@@ -289,3 +289,53 @@ def test_populate_skips_known_bad_pages():
     written = populate(vm, seed=1, nonzero_fraction=1.0)
     assert written == 15
     assert vm.host.materialized_frame_count() == 15
+
+
+def test_checksum_table_digest_matches_memory():
+    from agents.host._memory import PageChecksums, memory_digest
+    from agents.migration_core import encode_pages
+
+    source = make_vm(frame_count=128, page_count=96)
+    populate(source, seed=3, nonzero_fraction=0.5)
+    source.host.errors.inject(source.host_frame(7))
+    source.host.errors.inject(source.host_frame(40), latent=True)
+    table = PageChecksums("vm-1", source.page_count)
+    for batch in encode_pages(source, range(source.page_count), records_per_batch=10):
+        table.record_batch(batch.payload)
+    assert table.error_pages == {7, 40}
+    assert table.digest([7, 40]) == memory_digest(source, [7, 40])
+
+    # A page written after it was sent has the later checksum once it is sent again.
+    source.write(3, b"\x11" * PAGE_SIZE_BYTES)
+    assert table.digest([7, 40]) != memory_digest(source, [7, 40])
+    for batch in encode_pages(source, [3]):
+        table.record_batch(batch.payload)
+    assert table.digest([7, 40]) == memory_digest(source, [7, 40])
+
+    # A page that never arrived makes the digest differ.
+    partial = PageChecksums("vm-1", source.page_count)
+    for batch in encode_pages(source, range(1, source.page_count)):
+        partial.record_batch(batch.payload)
+    assert partial.digest([7, 40]) != table.digest([7, 40])
+
+
+async def test_checksum_recorder_order_and_errors():
+    from agents.host._memory import ChecksumRecorder, memory_digest
+    from agents.migration_core import MalformedPageBatch, encode_pages
+
+    vm = make_vm(frame_count=64, page_count=32)
+    populate(vm, seed=5, nonzero_fraction=0.8)
+    recorder = ChecksumRecorder("vm-1", vm.page_count)
+    try:
+        for batch in encode_pages(vm, range(vm.page_count)):
+            recorder.submit(batch.payload)
+        vm.write(9, b"\x22" * PAGE_SIZE_BYTES)
+        for batch in encode_pages(vm, [9]):
+            recorder.submit(batch.payload)
+        table = await recorder.drain()
+        assert table.digest([]) == memory_digest(vm, [])
+        recorder.submit(b"DCPR\x01\x00\x00\x00\x00\x05junk")
+        with pytest.raises(MalformedPageBatch):
+            await recorder.drain()
+    finally:
+        recorder.close()

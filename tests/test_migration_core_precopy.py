@@ -4,6 +4,7 @@ import pytest
 
 import agents.migration_core as migration_core
 from agents.migration_core import (
+    DATA_RECORD_SIZE_BYTES,
     PAGE_SIZE_BYTES,
     AllocatedPageMap,
     ArenaFrameStore,
@@ -185,11 +186,11 @@ def test_source_switches_over_when_remainder_fits():
     first = engine.start()
     assert isinstance(first, SendPass)
     assert list(first.guest_pages) == list(range(1000))
-    # 1 MB/s for 0.3 s fits 73 pages of 4096 bytes.
+    # 1 MB/s for 0.3 s fits 73 DATA records of 4105 bytes (a 9-byte header and the page).
     step = engine.pass_done(PassReport(1_000_000, 1.0, normal_pages=244), dirty_pages=list(range(73)))
     assert isinstance(step, StopAndCopy)
     assert step.reason == "converged"
-    assert step.expected_downtime_s == pytest.approx(73 * PAGE_SIZE_BYTES / 1e6)
+    assert step.expected_downtime_s == pytest.approx(73 * DATA_RECORD_SIZE_BYTES / 1e6)
 
 
 def test_source_iterates_when_remainder_too_large():

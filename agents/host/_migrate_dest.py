@@ -2,7 +2,9 @@
 
 The incoming VM does not run until commit, and commit succeeds only when every batch
 the source sent has been applied and the memory digest over the pages the source did
-not report poisoned equals the source's.
+not report poisoned equals the source's. Each side keeps a table of page checksums
+as it sends or applies pages, so the digest at commit hashes that table instead of
+reading the VM's memory while the VM is stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from proto import subjects
 
 from .._agent import HandlerError
 from ..migration_core import GuestPageOutOfRange, MalformedPageBatch, OutOfHostFrames, PrecopyDestination
-from ._memory import GuestVm, memory_digest
+from ._memory import ChecksumRecorder, GuestVm
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Incoming:
     guest_vm: GuestVm
     receiver: PrecopyDestination
     subscription: Any
+    checksums: ChecksumRecorder
     batches: int = 0
     # Set by the first batch that did not apply; commit then fails with it.
     rejected: str | None = None
@@ -56,7 +59,7 @@ class MigrationDestinationMixin:
         self._require_room(spec["memory_bytes"])
         guest_vm = self._incoming_guest(message.vm, spec)
         incoming = Incoming(message.migration, message.vm, dict(spec), guest_vm,
-                            PrecopyDestination(guest_vm.guest), None)
+                            PrecopyDestination(guest_vm.guest), None, ChecksumRecorder(message.vm, guest_vm.page_count))
 
         async def on_batch(msg: Any) -> None:
             await self._on_batch(incoming, msg)
@@ -67,6 +70,7 @@ class MigrationDestinationMixin:
             self._map_stage2(message.vm, spec["memory_bytes"])
         except HandlerError:
             await incoming.subscription.unsubscribe()
+            incoming.checksums.close()
             self.ram.release(message.vm)
             raise
         self.incoming[message.migration] = incoming
@@ -92,6 +96,7 @@ class MigrationDestinationMixin:
             if self.incoming.get(incoming.migration) is not incoming:
                 raise proto.MessageRejected("unknown-migration", f"no incoming migration {incoming.migration!r}")
             incoming.receiver.apply(pages.batch)
+            incoming.checksums.submit(pages.batch)
         except (MalformedPageBatch, GuestPageOutOfRange) as exc:
             incoming.rejected = str(exc)
             await self.reject(msg, proto.MessageRejected("malformed-page-batch", str(exc)))
@@ -112,15 +117,24 @@ class MigrationDestinationMixin:
             raise HandlerError(f"a page batch was rejected: {incoming.rejected}")
         if incoming.batches != message.batches:
             raise HandlerError(f"received {incoming.batches} of the {message.batches} page batches sent")
-        digest = await asyncio.to_thread(memory_digest, incoming.guest_vm.guest, message.poisoned_pages)
+        excluded = message.poisoned_pages
+        if not isinstance(excluded, list) or not all(type(p) is int for p in excluded):
+            raise HandlerError("poisoned_pages must be a list of guest page numbers")
+        try:
+            checksums = await incoming.checksums.drain()
+        except ValueError as exc:
+            raise HandlerError(f"a page batch could not be checksummed: {exc}") from None
+        digest = checksums.digest(excluded)
         if digest != message.source_digest:
             raise HandlerError(f"memory digest {digest} differs from the source's {message.source_digest}")
-        await incoming.subscription.unsubscribe()
+        # The check passed: run the VM first, then tidy up, so the rest is not downtime.
         del self.incoming[message.migration]
-        poisoned = sorted(incoming.receiver.complete())
         vm = incoming.guest_vm
         self.vms[vm.id] = vm
         resumed_at = time.time()
+        poisoned = sorted(incoming.receiver.complete())
+        incoming.checksums.close()
+        await incoming.subscription.unsubscribe()
         self.store.record_arrival(message.migration, vm.id, digest)
         # The memory image goes to disk after the VM runs, so the write is not downtime.
         self.spawn(asyncio.to_thread(self.store.save_vm, vm), f"save {vm.id}")
@@ -129,6 +143,7 @@ class MigrationDestinationMixin:
 
     async def _drop_incoming(self, incoming: Incoming) -> None:
         self.incoming.pop(incoming.migration, None)
+        incoming.checksums.close()
         self.ram.release(incoming.vm)
         try:
             await incoming.subscription.unsubscribe()

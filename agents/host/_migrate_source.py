@@ -7,6 +7,8 @@ BATCHES_IN_FLIGHT unanswered. The VM stays here, paused, until the coordinator
 sends `migrate_finish` (drop it) or `migrate_abort` (resume it). If neither comes
 within SOURCE_RESUME_TIMEOUT_S, the source aborts the destination itself and
 resumes the VM, so a lost coordinator never leaves the VM stopped or running twice.
+That resume publishes `vm.resumed`, never `migration.failed`: the coordinator alone
+publishes a migration's outcome.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from proto import subjects
 
 from .._agent import CommandFailed, CommandTimeout, HandlerError
 from ..migration_core import PAGE_SIZE_BYTES, PassReport, PrecopyConfig, PrecopySource, SendPass, encode_pages
-from ._memory import GuestVm, memory_digest
+from ._memory import ChecksumRecorder, GuestVm
 
 BATCHES_IN_FLIGHT = 16
 BATCH_TIMEOUT_S = 5.0
@@ -50,6 +52,8 @@ class Outgoing:
     destination: str
     engine: PrecopySource
     subject: str
+    # Checksums of the pages as sent; the digest at the pause hashes this table, not the memory.
+    checksums: ChecksumRecorder | None = None
     batches: int = 0
     bytes_before_pass: int = 0
     error: Exception | None = None
@@ -97,6 +101,7 @@ class MigrationSourceMixin:
     async def _precopy(self, state: Outgoing) -> dict[str, Any]:
         vm, engine = state.vm, state.engine
         vm.guest.start_dirty_log()
+        state.checksums = ChecksumRecorder(vm.id, vm.page_count)
         started = time.monotonic()
         try:
             step = engine.start(setup_time_s=0.0)
@@ -112,8 +117,11 @@ class MigrationSourceMixin:
             paused_at = time.time()
             final = sorted(set(step.guest_pages) | set(vm.guest.sync_dirty()))
             report = await self._send_pass(state, final)
-            poisoned = sorted(vm.guest.poisoned_pages())
-            digest = await asyncio.to_thread(memory_digest, vm.guest, poisoned)
+            # Every page was sent in the first pass and every page written since in a later
+            # one, so the table holds the checksum of each page as the destination holds it.
+            checksums = await state.checksums.drain()
+            poisoned = sorted(checksums.error_pages)
+            digest = checksums.digest(poisoned)
             done = engine.stop_copy_done(report)
         except BaseException as exc:
             if engine.status in ("setup", "active", "device"):
@@ -121,6 +129,7 @@ class MigrationSourceMixin:
             raise
         finally:
             vm.guest.stop_dirty_log()
+            state.checksums.close()
         self.log.info("migration.sent", migration=state.migration, vm=vm.id, reason=step.reason,
                       seconds=round(time.monotonic() - started, 3), batches=state.batches)
         return {
@@ -141,6 +150,7 @@ class MigrationSourceMixin:
                 normal += batch.normal_pages
                 zero += batch.zero_pages
                 errors.extend(batch.error_pages)
+                state.checksums.submit(batch.payload)
                 for page in batch.discovered_error_pages:
                     await self._report_discovered(state, page)
                 await window.acquire()
@@ -246,7 +256,9 @@ class MigrationSourceMixin:
             return
         reason = f"source {self.id} got no commit outcome within {SOURCE_RESUME_TIMEOUT_S:g} s; VM resumed on source"
         self._resume(state.migration, reason)
-        await self.publish(proto.MigrationFailed(reason=reason, **state.ids(self.id)))
+        # Only the coordinator publishes a migration's outcome (it may have published
+        # migration.failed already, or will when it recovers), so this is no terminal event.
+        await self.publish(proto.VmResumed(vm=state.vm.id, host=self.id, migration=state.migration, reason=reason))
 
     # ---- a restarted agent resumes the lease of a migration it was sending ----
 

@@ -14,6 +14,7 @@ from ._guest import GuestMemory
 from ._memory import PAGE_SIZE_BYTES
 from ._stats import MigrationStats
 from ._transfer import AppliedBatch, apply_batch
+from ._wire import DATA_RECORD_SIZE_BYTES
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ class PrecopySource:
         totals.remaining_pages = len(dirty_pages)
         if report.elapsed_s > 0:
             totals.dirty_pages_rate_pages_per_s = len(dirty_pages) / report.elapsed_s
-        remaining_bytes = len(dirty_pages) * PAGE_SIZE_BYTES
+        # Bandwidth counts the bytes on the wire, so the remainder does too: a page as a
+        # DATA record, its header included (zero and error records are smaller).
+        remaining_bytes = len(dirty_pages) * DATA_RECORD_SIZE_BYTES
         if remaining_bytes == 0:
             expected: float | None = 0.0
         elif bandwidth > 0:
