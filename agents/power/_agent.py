@@ -43,6 +43,9 @@ class PowerManager(Agent):
         self.heartbeats: dict[str, proto.HostHeartbeat] = {}
         self.failed_boot: set[str] = set()
         self.placed_before: set[str] = set()
+        # Simulated time of each power change made here: the policy holds a host on for
+        # a while after its power-on, and never undoes a change at the time it was made.
+        self.power_changed_at_s: dict[str, float] = {}
         # Hosts get VMs only after their boot quote matches the cluster's reference manifest.
         self.attestation = AttestationGate(self, [host.id for host in config.hosts])
         self.http: aiohttp.ClientSession | None = None
@@ -66,7 +69,7 @@ class PowerManager(Agent):
 
     async def _on_heartbeat(self, msg: Any) -> None:
         try:
-            heartbeat = proto.parse(proto.decode(msg.data), proto.HostHeartbeat)
+            heartbeat = proto.parse_event(msg.subject, msg.data, proto.HostHeartbeat)
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)
             return
@@ -83,7 +86,7 @@ class PowerManager(Agent):
 
     async def _on_boot_failed(self, msg: Any) -> None:
         try:
-            event = proto.parse(proto.decode(msg.data), proto.HostBootFailed)
+            event = proto.parse_event(msg.subject, msg.data, proto.HostBootFailed)
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)
             return
@@ -94,7 +97,7 @@ class PowerManager(Agent):
 
     async def _on_booted(self, msg: Any) -> None:
         try:
-            event = proto.parse(proto.decode(msg.data), proto.HostBooted)
+            event = proto.parse_event(msg.subject, msg.data, proto.HostBooted)
         except proto.MessageRejected as exc:
             await self.reject(msg, exc)
             return
@@ -172,11 +175,15 @@ class PowerManager(Agent):
 
     # ---- evaluation ---------------------------------------------------------
 
+    def sim_now_s(self) -> float:
+        """The cluster's simulated time as the latest heartbeat reports it."""
+        return max((hb.sim_time for hb in self.heartbeats.values()), default=0.0)
+
     def host_states(self, window_s: float) -> list:
-        now = max((hb.sim_time for hb in self.heartbeats.values()), default=0.0)
         memory = {vm: spec["memory_bytes"] for vm, spec in self.specs.items()}
         unavailable = self.failed_boot | self.attestation.quarantined_hosts()
-        return host_states(self.config.hosts, self.heartbeats, unavailable, memory, self.demand, now, window_s)
+        return host_states(self.config.hosts, self.heartbeats, unavailable, memory, self.demand, self.sim_now_s(),
+                           window_s, self.power_changed_at_s)
 
     async def evaluate_once(self) -> None:
         if len(self.heartbeats) < len(self.config.hosts):
@@ -241,10 +248,12 @@ class PowerManager(Agent):
         if status["vms"]:
             raise BmcError(f"host {recommendation.host} still runs {sorted(status['vms'])}; not powering it off")
         await self.reset(recommendation.host, "ForceOff")
+        self.power_changed_at_s[recommendation.host] = self.sim_now_s()
         self.heartbeats.pop(recommendation.host, None)
 
     async def power_on(self, recommendation: Recommendation) -> None:
         await self.reset(recommendation.host, "On")
+        self.power_changed_at_s[recommendation.host] = self.sim_now_s()
         deadline = time.monotonic() + HOST_READY_TIMEOUT_S
         while time.monotonic() < deadline:
             status = await self.request(subjects.host_command(recommendation.host, "status"), proto.HostStatusRequest())

@@ -5,6 +5,11 @@ A power-off candidate is scored by how much its evacuation reduces the number
 of less-utilized hosts; a power-on candidate by how much the moves it allows
 reduce the number of highly-utilized hosts. The running power agent and the
 replay call the same `evaluate`.
+
+Power-on looks at recent demand (the short window), power-off at a longer history.
+An evacuation must keep every destination within the band under both, or a VM the
+long window sees as quiet would land on a host the next power-on check finds hot,
+and the host just emptied would be powered on again for it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._model import (
-    AUTOMATION_LEVELS, HostState, Move, PowerSettings, Recommendation, VmLoad, curve_watts, migration_joules,
+    AUTOMATION_LEVELS, MIN_ON_FLOOR_S, HostState, Move, PowerSettings, Recommendation, VmLoad, curve_watts,
+    migration_joules,
 )
 
 __all__ = [
@@ -72,7 +78,11 @@ def evaluate(
     if recommendation is None:
         # Power-off moves VMs only among active hosts, so the what-if needs no others.
         view = hosts if power_off_hosts is None else power_off_hosts
-        recommendation = _best_power_off(_Cluster([h for h in view if h.powered_on and h.available]), settings)
+        recommendation = _best_power_off(
+            _Cluster([h for h in view if h.powered_on and h.available]),
+            _Cluster([h for h in hosts if h.powered_on and h.available]),
+            settings,
+        )
     if recommendation is None or recommendation.priority > settings.threshold:
         return None
     return recommendation
@@ -212,6 +222,9 @@ def _best_power_on(
     scores: dict[str, int] = {}
     results: dict[int, tuple[int, float, list[Move]]] = {}
     simulated: dict[tuple, tuple[int, float, list[Move]]] = {}
+    # A host powered off at the time of this evaluation was judged unneeded on these same
+    # estimates; powering it on again would undo that decision within one step.
+    standby = [i for i in standby if cluster.hosts[i].since_power_change_s >= MIN_ON_FLOOR_S]
     for i in standby:
         host = cluster.hosts[i]
         profile = (host.capacity_mips, host.memory_bytes, host.curve)
@@ -245,7 +258,12 @@ def _best_power_on(
 # ---- power-off -------------------------------------------------------------------
 
 
-def _best_power_off(cluster: _Cluster, settings: PowerSettings) -> Recommendation | None:
+def _best_power_off(cluster: _Cluster, recent: _Cluster, settings: PowerSettings) -> Recommendation | None:
+    """Pick the host whose evacuation removes the most underused hosts and pays for itself.
+
+    `cluster` holds demand over the power-off window, `recent` the same hosts over the
+    power-on window. A host powered on less than `min_on_s` ago is not a candidate.
+    """
     util = cluster.utilization()
     active_count = int(cluster.active.sum())
     under = cluster.active & (util < settings.low - EPSILON)
@@ -256,7 +274,9 @@ def _best_power_off(cluster: _Cluster, settings: PowerSettings) -> Recommendatio
     scores: dict[str, int] = {}
     plans: dict[int, dict] = {}
     for candidate in np.flatnonzero(cluster.active):
-        plan = _evacuate(cluster, int(candidate), settings)
+        if cluster.hosts[candidate].since_power_change_s < settings.min_on_s:
+            continue
+        plan = _evacuate(cluster, recent, int(candidate), settings)
         if plan is None:
             continue
         scores[cluster.hosts[candidate].id] = under_before - plan["under_after"]
@@ -269,11 +289,23 @@ def _best_power_off(cluster: _Cluster, settings: PowerSettings) -> Recommendatio
     for best in sorted(useful, key=lambda i: _power_off_rank(cluster, i, scores, settings)):
         plan = plans[best]
         saving_w = watts_before - plan["watts_after"]
-        cost_j = sum(migration_joules(vm.migration_bytes) for vm in cluster.hosts[best].vms)
-        cost_j += settings.boot_s * cluster.hosts[best].curve[10]
+        cost_j = _power_cycle_joules(cluster.hosts[best], settings)
         if saving_w * settings.expected_off_s >= cost_j:
             return _power_off_recommendation(cluster, best, plan, scores, under_before, saving_w, cost_j, settings)
     return None
+
+
+def _power_cycle_joules(host: HostState, settings: PowerSettings) -> float:
+    """Energy a power-off commits to: its migrations and booting the host again.
+
+    A host powered on less than `expected_off_s` ago also carries the boot energy just
+    spent on it: a cycle that short costs two boots, and the saving must cover both.
+    """
+    boot_j = settings.boot_s * host.curve[10]
+    cost_j = sum(migration_joules(vm.migration_bytes) for vm in host.vms) + boot_j
+    if host.since_power_change_s < settings.expected_off_s:
+        cost_j += boot_j
+    return cost_j
 
 
 def _power_off_rank(cluster: _Cluster, i: int, scores: dict[str, int], settings: PowerSettings) -> tuple:
@@ -282,30 +314,40 @@ def _power_off_rank(cluster: _Cluster, i: int, scores: dict[str, int], settings:
     return (-scores[host.id], len(host.vms), -watts_per_mips, i)
 
 
-def _evacuate(cluster: _Cluster, candidate: int, settings: PowerSettings) -> dict | None:
+def _evacuate(cluster: _Cluster, recent: _Cluster, candidate: int, settings: PowerSettings) -> dict | None:
     """Place the candidate's VMs on the other hosts without pushing any above the band.
 
-    Each VM, largest first, goes to an underused host if one fits (that may lift it
-    into the band), else to the most loaded host that fits. None if some VM fits nowhere.
+    A destination must stay within the band under both the power-off window's demand
+    (`cluster`) and the power-on window's (`recent`). Each VM, largest first, goes to an
+    underused host if one fits (that may lift it into the band), else to the most
+    loaded host that fits. None if some VM fits nowhere.
     """
     others = cluster.active.copy()
     others[candidate] = False
     host = cluster.hosts[candidate]
     demand = cluster.demand.copy()
+    recent_demand = recent.demand.copy()
     memory_used = cluster.memory_used.copy()
-    if host.demand_mips > float((settings.high * cluster.capacity[others] - demand[others]).clip(min=0).sum()):
+    limit = settings.high * cluster.capacity
+    if host.demand_mips > float((limit[others] - demand[others]).clip(min=0).sum()):
         return None
+    recent_mips = {vm.id: vm.demand_mips for vm in recent.hosts[candidate].vms}
     moves: list[Move] = []
     for vm in sorted(host.vms, key=lambda v: (-v.demand_mips, v.id)):
+        vm_recent_mips = recent_mips.get(vm.id, vm.demand_mips)
         util = demand / cluster.capacity
-        fit = others & (
-            (demand + vm.demand_mips) / cluster.capacity <= settings.high + EPSILON
-        ) & (memory_used + vm.memory_bytes <= cluster.memory)
+        fit = (
+            others
+            & ((demand + vm.demand_mips) / cluster.capacity <= settings.high + EPSILON)
+            & ((recent_demand + vm_recent_mips) / cluster.capacity <= settings.high + EPSILON)
+            & (memory_used + vm.memory_bytes <= cluster.memory)
+        )
         if not fit.any():
             return None
         key = np.where(fit, (util < settings.low - EPSILON) * 2.0 + util, -1.0)
         destination = int(np.argmax(key))
         demand[destination] += vm.demand_mips
+        recent_demand[destination] += vm_recent_mips
         memory_used[destination] += vm.memory_bytes
         moves.append(Move(vm.id, host.id, cluster.hosts[destination].id))
     demand[candidate] = 0.0
@@ -343,6 +385,7 @@ def _power_off_recommendation(
         "cluster_utilization_after": round(plan["cluster_utilization_after"], 4),
         "saving_watts": round(saving_w, 2),
         "expected_off_s": settings.expected_off_s,
+        "on_for_s": host.since_power_change_s if np.isfinite(host.since_power_change_s) else None,
         "migration_and_boot_joules": round(cost_j, 1),
         "moves": len(plan["moves"]),
     }

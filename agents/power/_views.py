@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..host._hardware import SPECPOWER_WATTS, power_watts
@@ -32,12 +33,16 @@ def host_states(
     history: DemandHistory,
     now_s: float,
     window_s: float,
+    power_changed_at_s: dict[str, float] | None = None,
 ) -> list[HostState]:
     """One HostState per configured host, VM demand averaged over the window.
 
     `hosts` are HostConfig entries, `heartbeats` the latest host.heartbeat per host,
     `memory_bytes` the memory of each known VM; VMs not in it are left out.
+    `power_changed_at_s` is the simulated time of each host's last power change by the
+    manager; a host not in it has been in its state since the cluster started.
     """
+    changed = power_changed_at_s or {}
     states = []
     for host in hosts:
         heartbeat = heartbeats.get(host.id)
@@ -51,6 +56,7 @@ def host_states(
         curve = SPECPOWER_WATTS.get(host.model, ())
         states.append(
             HostState(host.id, powered_on, available, host.cpu_mips_total, host.memory_bytes, vms,
-                      power_watts(host.model, 0.0) if curve else 0.0, tuple(curve))
+                      power_watts(host.model, 0.0) if curve else 0.0, tuple(curve),
+                      max(0.0, now_s - changed.get(host.id, -math.inf)))
         )
     return states

@@ -108,6 +108,8 @@ class Replay:
         self.reserved = self.vm_memory if self.enforced else np.zeros_like(self.vm_memory)
         self.placement = np.full(len(self.names), -1, dtype=np.int64)
         self.on = np.zeros(options.hosts, dtype=bool)
+        # Simulated time of each host's last power change by the policy; -inf: none yet.
+        self.power_changed_at_s = np.full(options.hosts, -np.inf)
         self.under_allocated = np.zeros(len(self.names))
         self.boot_joules = 0.0
         self.actions: Counter[str] = Counter()
@@ -136,15 +138,16 @@ class Replay:
         else:
             self.on[np.unique(placement)] = True
 
-    def host_states(self, estimate: np.ndarray) -> list[HostState]:
+    def host_states(self, estimate: np.ndarray, now_s: float = 0.0) -> list[HostState]:
         loads: list[list[VmLoad]] = [[] for _ in self.host_ids]
         for vm, host in enumerate(self.placement):
             loads[host].append(
                 VmLoad(self.vm_ids[vm], float(estimate[vm]), int(self.reserved[vm]), int(self.vm_memory[vm]))
             )
+        since_s = now_s - self.power_changed_at_s
         return [
             HostState(host_id, bool(self.on[h]), True, float(self.capacity[h]), int(self.host_memory[h]),
-                      tuple(loads[h]), self.curves[h][0], self.curves[h])
+                      tuple(loads[h]), self.curves[h][0], self.curves[h], float(since_s[h]))
             for h, host_id in enumerate(self.host_ids)
         ]
 
@@ -155,8 +158,11 @@ class Replay:
         off_window = max(1, math.floor(self.settings.power_off_window_s / interval))
         on_estimate = window_means(self.demand, step, on_window)
         off_estimate = window_means(self.demand, step, off_window)
+        now_s = step * interval
         for _ in range(self.options.max_changes_per_step):
-            recommendation = evaluate(self.host_states(on_estimate), self.settings, self.host_states(off_estimate))
+            recommendation = evaluate(
+                self.host_states(on_estimate, now_s), self.settings, self.host_states(off_estimate, now_s)
+            )
             if recommendation is None:
                 return
             acting = carried_out(recommendation, self.settings)
@@ -180,6 +186,8 @@ class Replay:
     def apply(self, step: int, recommendation: Recommendation) -> None:
         index = {host_id: h for h, host_id in enumerate(self.host_ids)}
         host = index[recommendation.host]
+        if recommendation.action in ("power_on", "power_off"):
+            self.power_changed_at_s[host] = step * self.options.preset.interval_s
         if recommendation.action == "power_on":
             self.on[host] = True
             # The boot: peak power for boot_s, on top of the step's own energy.
@@ -257,7 +265,7 @@ class Replay:
                 "threshold": settings.threshold, "automation": settings.automation,
                 "min_hosts_on": settings.min_hosts_on, "power_on_window_s": settings.power_on_window_s,
                 "power_off_window_s": settings.power_off_window_s, "boot_s": settings.boot_s,
-                "expected_off_s": settings.expected_off_s,
+                "expected_off_s": settings.expected_off_s, "min_on_s": settings.min_on_s,
             },
             "definitions": _DEFINITIONS,
         }
