@@ -52,6 +52,25 @@ class CommandTimeout(RuntimeError):
         super().__init__(f"{subject}: no reply within {timeout_s} s")
 
 
+async def send_command(nc: nats.NATS, subject: str, payload: bytes, timeout_s: float) -> dict[str, Any]:
+    """Send an encoded command; return the result of a successful reply.
+
+    Raises CommandTimeout when nobody answers in time and CommandFailed for an
+    error reply or a reply that does not decode.
+    """
+    try:
+        reply_msg = await nc.request(subject, payload, timeout=timeout_s)
+    except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        raise CommandTimeout(subject, timeout_s) from None
+    try:
+        reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)
+    except proto.MessageRejected as exc:
+        raise CommandFailed(subject, f"invalid reply: {exc}") from None
+    if not reply.ok:
+        raise CommandFailed(subject, reply.error)
+    return reply.result
+
+
 class HandlerError(Exception):
     """Raised by a handler to return an error reply without logging a traceback."""
 
@@ -211,17 +230,7 @@ class Agent:
     async def request(self, subject: str, message: proto.Message, timeout_s: float = 5.0) -> dict[str, Any]:
         """Send a command and return the result of a successful reply."""
         _metrics.message_sent(self.source, "command")
-        try:
-            reply_msg = await self.nc.request(subject, self.envelope(message), timeout=timeout_s)
-        except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise CommandTimeout(subject, timeout_s) from None
-        try:
-            reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)
-        except proto.MessageRejected as exc:
-            raise CommandFailed(subject, f"invalid reply: {exc}") from None
-        if not reply.ok:
-            raise CommandFailed(subject, reply.error)
-        return reply.result
+        return await send_command(self.nc, subject, self.envelope(message), timeout_s)
 
     async def serve(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -10,7 +9,7 @@ import nats
 
 import proto
 
-from ._agent import CommandFailed, CommandTimeout
+from ._agent import send_command
 from ._config import ClusterConfig, ConfigError, pid_alive
 from ._bus import operator_options_for
 from ._locate import broker_url, resolve_state_dir
@@ -30,17 +29,7 @@ class ClusterClient:
 
     async def request(self, subject: str, message: proto.Message, timeout_s: float = 5.0) -> dict[str, Any]:
         """Send a command; return the reply's result or raise CommandFailed / CommandTimeout."""
-        try:
-            reply_msg = await self.nc.request(subject, self._encode(message), timeout=timeout_s)
-        except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise CommandTimeout(subject, timeout_s) from None
-        try:
-            reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)
-        except proto.MessageRejected as exc:
-            raise CommandFailed(subject, f"invalid reply: {exc}") from None
-        if not reply.ok:
-            raise CommandFailed(subject, reply.error)
-        return reply.result
+        return await send_command(self.nc, subject, self._encode(message), timeout_s)
 
     async def publish_event(self, message: proto.Message) -> None:
         envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())

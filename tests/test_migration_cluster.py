@@ -229,6 +229,34 @@ async def test_killed_destination_leaves_vm_running_on_source(cluster):
     assert memory["paused"] is False
 
 
+async def test_killed_source_leaves_one_vm_after_restart(cluster):
+    config, client, events, processes = cluster
+    await create_vm(client, "h1", "big", 128 * MIB, [0])
+    await wait_until_vm_known(client, "big", "h2")
+    request = asyncio.ensure_future(migrate(client, "big", "h2"))
+    await next_event(events, "migration.progress", vm="big")
+    processes["h1"].kill()
+
+    reply = await request
+    assert not reply.ok
+    failed = await next_event(events, "migration.failed", vm="big")
+    assert failed.data["source"] == "h1"
+    # The destination dropped its partial copy.
+    status = await client.request(subjects.host_command("h2", "status"), proto.HostStatusRequest())
+    assert "big" not in status["vms"]
+
+    # The restarted source restores the paused VM from its store and resumes it once
+    # the migration is known to have ended.
+    processes["h1"].wait()
+    processes["h1"] = start_agent(config, "host", "h1")
+    resumed = await next_event(events, "vm.resumed", timeout_s=60, vm="big")
+    assert resumed.data["host"] == "h1"
+    memory = await client.request(subjects.host_command("h1", "vm_memory"), proto.VmMemoryRequest("big"), 10.0)
+    assert memory["paused"] is False
+    status = await client.request(subjects.host_command("h2", "status"), proto.HostStatusRequest())
+    assert "big" not in status["vms"]
+
+
 async def test_malformed_page_batch_is_rejected(cluster):
     _config, client, events, _processes = cluster
     spec = {"trace": [0], "mips": 500.0, "memory_bytes": 1 * MIB, "seed": 1}
