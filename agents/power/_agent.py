@@ -228,6 +228,7 @@ class PowerManager(Agent):
         await self.publish(proto.PowerCompleted(action=recommendation.action, host=recommendation.host))
 
     async def migrate(self, recommendation: Recommendation) -> None:
+        """Carry out a recommendation's moves through the migration coordinator, one at a time."""
         for move in recommendation.moves:
             await self.request(
                 subjects.MIGRATION_REQUEST,
@@ -237,13 +238,7 @@ class PowerManager(Agent):
             self.location[move.vm] = move.destination
 
     async def power_off(self, recommendation: Recommendation) -> None:
-        for move in recommendation.moves:
-            await self.request(
-                subjects.MIGRATION_REQUEST,
-                proto.MigrationRequest(vm=move.vm, destination=move.destination, source=move.source),
-                MIGRATION_TIMEOUT_S,
-            )
-            self.location[move.vm] = move.destination
+        await self.migrate(recommendation)
         status = await self.request(subjects.host_command(recommendation.host, "status"), proto.HostStatusRequest())
         if status["vms"]:
             raise BmcError(f"host {recommendation.host} still runs {sorted(status['vms'])}; not powering it off")
@@ -264,12 +259,7 @@ class PowerManager(Agent):
             await asyncio.sleep(0.5)
         else:
             raise BmcError(f"host {recommendation.host} did not boot within {HOST_READY_TIMEOUT_S} s")
-        for move in recommendation.moves:
-            await self.request(
-                subjects.MIGRATION_REQUEST,
-                proto.MigrationRequest(vm=move.vm, destination=move.destination, source=move.source),
-                MIGRATION_TIMEOUT_S,
-            )
+        await self.migrate(recommendation)
 
     async def reset(self, host_id: str, reset_type: str) -> None:
         """POST ComputerSystem.Reset to the host's BMC."""

@@ -2,8 +2,8 @@
 
 Hosts aim for target +/- tolerance (63% +/- 18% by default, as VMware DPM).
 A power-off candidate is scored by how much its evacuation reduces the number
-of less-utilized hosts; a power-on candidate by how much the moves it allows
-reduce the number of highly-utilized hosts. The running power agent and the
+of less-utilized hosts. A power-on candidate is scored by how much the moves it
+allows reduce the number of highly-utilized hosts. The running power agent and the
 replay call the same `evaluate`.
 
 Power-on looks at recent demand (the short window), power-off at a longer history.
