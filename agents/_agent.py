@@ -44,7 +44,7 @@ class CommandFailed(RuntimeError):
 
 
 class CommandTimeout(RuntimeError):
-    """No agent answered a command in time; the caller may retry."""
+    """No agent replied to a command in time; the caller may retry."""
 
     def __init__(self, subject: str, timeout_s: float) -> None:
         self.subject = subject
@@ -55,7 +55,7 @@ class CommandTimeout(RuntimeError):
 async def send_command(nc: nats.NATS, subject: str, payload: bytes, timeout_s: float) -> dict[str, Any]:
     """Send an encoded command; return the result of a successful reply.
 
-    Raises CommandTimeout when nobody answers in time and CommandFailed for an
+    Raises CommandTimeout when no agent replies in time and CommandFailed for an
     error reply or a reply that does not decode.
     """
     try:

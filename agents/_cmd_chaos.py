@@ -42,14 +42,14 @@ def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
     pause.add_argument("--for", dest="duration_s", type=_seconds, default=3.0, metavar="SECONDS",
                        help="how long the process stays stopped (default: 3)")
     add_cluster_options(pause)
-    bmc = kinds.add_parser("bmc", help="make a host's Redfish service answer 500, slowly, or not at all")
+    bmc = kinds.add_parser("bmc", help="make a host's Redfish service respond with 500, respond slowly, or not respond at all")
     bmc.add_argument("host", help="host id, e.g. h1")
     bmc.add_argument("mode", choices=("error", "slow", "hang"),
-                     help="error: HTTP 500; slow: answer after --delay; hang: never answer")
+                     help="error: HTTP 500; slow: respond after --delay; hang: never respond")
     bmc.add_argument("--for", dest="duration_s", type=_seconds, default=10.0, metavar="SECONDS",
                      help="how long the fault lasts (default: 10)")
     bmc.add_argument("--delay", dest="delay_s", type=_seconds, default=2.0, metavar="SECONDS",
-                     help="answer delay of mode slow (default: 2)")
+                     help="response delay of mode slow, in seconds (default: 2)")
     add_cluster_options(bmc)
 
 
@@ -116,7 +116,7 @@ def _chaos_run(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="dcfleet-chaos-"))
     if (state_dir / "cluster.json").exists():
-        raise ConfigError(f"{state_dir} already holds a cluster; chaos runs need a fresh state dir")
+        raise ConfigError(f"{state_dir} already contains a cluster; chaos runs need a fresh state dir")
     try:
         result = asyncio.run(run_scenario(scenario, args.seed, state_dir.resolve()))
     except KeyboardInterrupt:

@@ -72,7 +72,7 @@ class Child:
 
 
 def build_config(options: UpOptions) -> ClusterConfig:
-    """The cluster configuration for a fresh run (hosts, VMs, ports, clock)."""
+    """Build the cluster configuration for a fresh run (hosts, VMs, ports, clock)."""
     if options.hosts < 1:
         raise ConfigError(f"--hosts must be at least 1, got {options.hosts}")
     vm_count = options.vms if options.vms is not None else 4 * options.hosts
@@ -243,7 +243,7 @@ class Supervisor:
                 "--state-dir", self.config.state_dir,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 preexec_fn=set_parent_death_signal, start_new_session=True,
-                # aiohttp's C parser answers 400 to unknown HTTP methods; Redfish needs 405 or 501.
+                # aiohttp's C parser returns 400 for unknown HTTP methods; Redfish needs 405 or 501.
                 env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"} if kind == "bmc" else None,
             )
         finally:

@@ -80,14 +80,14 @@ def load_traces(directory: Path, limit: int | None = None) -> list[VmTrace]:
 
 
 def default_trace_dir() -> Path:
-    """The PlanetLab sample shipped with the package (see its README)."""
+    """Return the directory of the PlanetLab sample shipped with the package (see its README)."""
     return Path(__file__).parent / "data" / "planetlab-sample"
 
 
 def vm_specs(vms: list) -> dict[str, dict]:
     """VM id -> the spec a host needs to run it (trace, MIPS, memory, seed).
 
-    `vms` holds the cluster configuration's VM entries.
+    `vms` contains the cluster configuration's VM entries.
     """
     specs = {}
     for vm in vms:

@@ -7,7 +7,7 @@
 
 Processes are found through the pid file `dcfleet up` keeps in the state dir.
 Every fault is stored as `fault.injected` before it acts and `fault.cleared`
-when it ends (a resumed process, a restarted one, a BMC answering again).
+when it ends (a resumed process, a restarted one, a BMC responding again).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Cluster:
     # ---- BMC faults -----------------------------------------------------------------
 
     async def bmc_fault(self, host: str, mode: str, duration_s: float, delay_s: float = 0.0) -> str:
-        """Make a host's Redfish service answer 500 (error), slowly (slow) or never (hang) for duration_s."""
+        """Make a host's Redfish service respond with 500 (error), slowly (slow) or never (hang) for duration_s."""
         self.config.host(host)
         target = f"bmc:{host}"
         fault_id = await self._injected(f"bmc-{mode}", target, duration_s=duration_s, delay_s=delay_s)
@@ -146,7 +146,7 @@ class Cluster:
         return fault_id
 
     async def _bmc_command(self, host: str, mode: str, delay_s: float) -> None:
-        # The BMC agent may itself be restarting; retry until it answers.
+        # The BMC agent may itself be restarting; retry until it responds.
         from .._agent import CommandTimeout
 
         await retry(lambda: self.client.request(BMC_FAULT_SUBJECT, proto.BmcFault(host, mode, delay_s)),

@@ -78,7 +78,7 @@ class GuestVm:
         return self.utilization(step) * self.mips
 
     def spec(self) -> dict:
-        """What a destination host needs to run this VM."""
+        """Return the spec a destination host needs to run this VM."""
         return {"trace": self.trace, "mips": self.mips, "memory_bytes": self.memory_bytes, "seed": self.seed,
                 "max_dirty_rate_pages_per_s": self.max_dirty_rate_pages_per_s}
 

@@ -176,7 +176,7 @@ class PowerManager(Agent):
     # ---- evaluation ---------------------------------------------------------
 
     def sim_now_s(self) -> float:
-        """The cluster's simulated time as the latest heartbeat reports it."""
+        """Return the cluster's simulated time as the latest heartbeat reports it."""
         return max((hb.sim_time for hb in self.heartbeats.values()), default=0.0)
 
     def host_states(self, window_s: float) -> list:

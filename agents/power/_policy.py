@@ -223,7 +223,7 @@ def _best_power_on(
     results: dict[int, tuple[int, float, list[Move]]] = {}
     simulated: dict[tuple, tuple[int, float, list[Move]]] = {}
     # A host powered off at the time of this evaluation was judged unneeded on these same
-    # estimates; powering it on again would undo that decision within one step.
+    # estimates, so powering it on again would undo that decision within one step.
     standby = [i for i in standby if cluster.hosts[i].since_power_change_s >= MIN_ON_FLOOR_S]
     for i in standby:
         host = cluster.hosts[i]
