@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Committed migrations kept for a coordinator that restarts mid-migration.
 MAX_ARRIVED = 256
+WRITE_BUFFER_BYTES = 1 << 20
 
 
 @dataclass
@@ -36,9 +38,14 @@ class HostStore:
         self.root = Path(state_dir) / "hosts" / host_id / "agent"
 
     def _write(self, name: str, data: bytes) -> None:
+        self._write_parts(name, (data,))
+
+    def _write_parts(self, name: str, parts: Iterable[bytes | memoryview]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{name}.tmp"
-        tmp.write_bytes(data)
+        # A large buffer: few write calls for a VM's pages, and no copy of the whole image.
+        with open(tmp, "wb", buffering=WRITE_BUFFER_BYTES) as file:
+            file.writelines(parts)
         os.replace(tmp, self.root / name)
 
     def save_power_state(self, power_state: str) -> None:
@@ -53,7 +60,7 @@ class HostStore:
     def save_vm(self, vm: Any, outgoing_migration: str | None = None, memory: bool = True) -> None:
         """Store a VM's spec and, unless memory is false, its memory bytes."""
         if memory:
-            self._write(f"{vm.id}.mem", bytes(vm.memory))
+            self._write_parts(f"{vm.id}.mem", vm.memory_pages())
         spec = {"vm": vm.id, "trace": vm.trace, "mips": vm.mips, "seed": vm.seed,
                 "outgoing_migration": outgoing_migration}
         self._write(f"{vm.id}.json", json.dumps(spec).encode())

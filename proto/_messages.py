@@ -8,6 +8,7 @@ keys and wrong types are rejected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any, ClassVar, TypeVar
@@ -27,14 +28,23 @@ class Message:
 
     @classmethod
     def from_data(cls: type[M], data: dict[str, Any]) -> M:
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in data:
-                values[f.name] = _check(cls.TYPE, f.name, data[f.name], hints[f.name])
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MessageRejected("malformed", f"{cls.TYPE}: missing field {f.name!r}")
+        for name, hint, required in _fields(cls):
+            if name in data:
+                values[name] = _check(cls.TYPE, name, data[name], hint)
+            elif required:
+                raise MessageRejected("malformed", f"{cls.TYPE}: missing field {name!r}")
         return cls(**values)
+
+
+@functools.cache
+def _fields(cls: type[Message]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type hint, required) of each field; resolving the hints is slow, so once per class."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (f.name, hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
 
 
 def _check(message_type: str, name: str, value: Any, hint: Any) -> Any:
@@ -310,6 +320,14 @@ class MigratePages(Message):
     migration: str
     # Page records in the migration_core wire format (magic b"DCPR", version 1).
     batch: bytes
+    # Batches of a migration are numbered from 1, in the order sent.
+    seq: int = 0
+    # Reply with an acknowledgement of every batch up to this one.
+    ack: bool = True
+
+    def to_data(self) -> dict[str, Any]:
+        # dataclasses.asdict walks the batch bytes through its deep copy; these fields are flat.
+        return {"migration": self.migration, "batch": self.batch, "seq": self.seq, "ack": self.ack}
 
 
 @message("host.migrate_commit")

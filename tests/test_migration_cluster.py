@@ -261,7 +261,7 @@ async def test_malformed_page_batch_is_rejected(cluster):
     _config, client, events, _processes = cluster
     spec = {"trace": [0], "mips": 500.0, "memory_bytes": 1 * MIB, "seed": 1}
     await client.request(subjects.host_command("h2", "migrate_prepare"), proto.MigratePrepare("m1", "ghost", spec))
-    bad = proto.MigratePages("m1", b"DCPR\x01\x00\x00\x00\x00\x05junk")
+    bad = proto.MigratePages("m1", b"DCPR\x01\x00\x00\x00\x00\x05junk", seq=1)
 
     reply = await client.try_request(subjects.migration_pages("m1"), bad)
 

@@ -73,6 +73,30 @@ def test_allocator_rejects_request_beyond_free():
     assert caught.value.free == 7
 
 
+def test_allocator_takes_lowest_freed_frames_first():
+    host = HostMemory(32)
+    first = host.allocate(10)
+    host.allocate(4)
+    host.free(first[2:8])
+    host.errors.inject(4)
+    assert host.allocate(3) == [2, 3, 5]
+    # Frame 4 left the pool for good; the rest of the freed frames come before new ones.
+    assert host.allocate(4) == [6, 7, 14, 15]
+    assert host.free_frame_count == 32 - 10 - 4 - 3 + 6 - 4
+
+
+def test_free_of_unallocated_frame_frees_nothing():
+    host = HostMemory(16)
+    frames = host.allocate(4)
+    with pytest.raises(ValueError, match="host frame 9 is not allocated"):
+        host.free([frames[0], 9])
+    with pytest.raises(FrameOutOfRange):
+        host.free([frames[0], 99])
+    with pytest.raises(ValueError, match="listed twice"):
+        host.free([frames[0], frames[0]])
+    assert host.free_frame_count == 12
+
+
 def test_free_returns_frames_and_clears_contents():
     vm = make_vm(frame_count=4, page_count=4)
     vm.write(0, page_content(0, 1))
@@ -292,50 +316,63 @@ def test_populate_skips_known_bad_pages():
 
 
 def test_checksum_table_digest_matches_memory():
-    from agents.host._memory import PageChecksums, memory_digest
-    from agents.migration_core import encode_pages
+    from agents.host._memory import memory_digest
+    from agents.migration_core import PageChecksums, encode_pages
 
     source = make_vm(frame_count=128, page_count=96)
     populate(source, seed=3, nonzero_fraction=0.5)
     source.host.errors.inject(source.host_frame(7))
     source.host.errors.inject(source.host_frame(40), latent=True)
-    table = PageChecksums("vm-1", source.page_count)
-    for batch in encode_pages(source, range(source.page_count), records_per_batch=10):
-        table.record_batch(batch.payload)
-    assert table.error_pages == {7, 40}
-    assert table.digest([7, 40]) == memory_digest(source, [7, 40])
+    filled = PageChecksums("vm-1", source.page_count)
+    recorded = PageChecksums("vm-1", source.page_count)
+    for batch in encode_pages(source, range(source.page_count), records_per_batch=10, checksums=filled):
+        recorded.record_batch(batch.payload)
+    assert filled.error_pages == recorded.error_pages == {7, 40}
+    assert filled.table == recorded.table
+    assert filled.digest([7, 40]) == memory_digest(source, [7, 40])
 
     # A page written after it was sent has the later checksum once it is sent again.
     source.write(3, b"\x11" * PAGE_SIZE_BYTES)
-    assert table.digest([7, 40]) != memory_digest(source, [7, 40])
-    for batch in encode_pages(source, [3]):
-        table.record_batch(batch.payload)
-    assert table.digest([7, 40]) == memory_digest(source, [7, 40])
+    assert filled.digest([7, 40]) != memory_digest(source, [7, 40])
+    list(encode_pages(source, [3], checksums=filled))
+    assert filled.digest([7, 40]) == memory_digest(source, [7, 40])
 
     # A page that never arrived makes the digest differ.
     partial = PageChecksums("vm-1", source.page_count)
-    for batch in encode_pages(source, range(1, source.page_count)):
-        partial.record_batch(batch.payload)
-    assert partial.digest([7, 40]) != table.digest([7, 40])
+    list(encode_pages(source, range(1, source.page_count), checksums=partial))
+    assert partial.digest([7, 40]) != filled.digest([7, 40])
 
 
-async def test_checksum_recorder_order_and_errors():
-    from agents.host._memory import ChecksumRecorder, memory_digest
-    from agents.migration_core import MalformedPageBatch, encode_pages
+def test_destination_table_matches_source_table():
+    from agents.host._memory import memory_digest
+    from agents.migration_core import MalformedPageBatch, PageChecksums, PrecopyDestination, encode_pages
+
+    source = make_vm(frame_count=64, page_count=32)
+    populate(source, seed=5, nonzero_fraction=0.8)
+    source.host.errors.inject(source.host_frame(4))
+    sent = PageChecksums("vm-1", source.page_count)
+    destination = make_vm(frame_count=64, page_count=32)
+    received = PageChecksums("vm-1", destination.page_count)
+    receiver = PrecopyDestination(destination, received)
+    for batch in encode_pages(source, range(source.page_count), checksums=sent):
+        receiver.apply(batch.payload)
+    source.write(9, b"\x22" * PAGE_SIZE_BYTES)
+    for batch in encode_pages(source, [9], checksums=sent):
+        receiver.apply(batch.payload)
+    assert received.table == sent.table
+    assert received.error_pages == {4}
+    assert received.digest([4]) == memory_digest(source, [4]) == memory_digest(destination, [4])
+
+    before = bytes(received.table)
+    with pytest.raises(MalformedPageBatch):
+        receiver.apply(b"DCPR\x01\x00\x00\x00\x00\x05junk")
+    assert bytes(received.table) == before
+
+
+def test_checksum_table_refuses_other_vm_size():
+    from agents.migration_core import PageChecksums, encode_pages
 
     vm = make_vm(frame_count=64, page_count=32)
-    populate(vm, seed=5, nonzero_fraction=0.8)
-    recorder = ChecksumRecorder("vm-1", vm.page_count)
-    try:
-        for batch in encode_pages(vm, range(vm.page_count)):
-            recorder.submit(batch.payload)
-        vm.write(9, b"\x22" * PAGE_SIZE_BYTES)
-        for batch in encode_pages(vm, [9]):
-            recorder.submit(batch.payload)
-        table = await recorder.drain()
-        assert table.digest([]) == memory_digest(vm, [])
-        recorder.submit(b"DCPR\x01\x00\x00\x00\x00\x05junk")
-        with pytest.raises(MalformedPageBatch):
-            await recorder.drain()
-    finally:
-        recorder.close()
+    with pytest.raises(ValueError, match="checksum table of 16 pages"):
+        list(encode_pages(vm, [0], checksums=PageChecksums("vm-1", 16)))
+

@@ -67,7 +67,8 @@ def test_public_surface():
         "PassReport", "PrecopyConfig", "PrecopyDestination", "PrecopyPrediction", "PrecopySource", "SafeRead",
         "SendPass", "SimulatedMigration", "StopAndCopy", "WorkloadTick", "WrongMigrationState", "apply_batch",
         "decode_batch", "encode_batch", "encode_pages", "page_content", "populate", "predict_precopy",
-        "simulate_migration",
+        "simulate_migration", "AckOutOfRange", "CreditWindow", "PageChecksums", "ZERO_PAGE_CHECKSUM",
+        "digest_checksums", "page_checksum", "NO_CHECKSUM",
     }
     for name in migration_core.__all__:
         assert hasattr(migration_core, name), name

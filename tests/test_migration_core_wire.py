@@ -143,3 +143,60 @@ def test_destination_rejects_malformed_batch_and_stores_nothing():
     assert destination.host.materialized_frame_count() == 0
     assert destination.poisoned_pages() == set()
     assert receiver.batches == 0
+
+
+def test_encoder_puts_data_records_first():
+    vm = make_vm(page_count=8)
+    for page in (1, 3, 6):
+        vm.write(page, page_content(page, 0))
+    vm.host.errors.inject(vm.host_frame(5))
+    (batch,) = encode_pages(vm, range(8))
+    records = decode_batch(batch.payload)
+    assert [r.guest_page for r in records[:3]] == [1, 3, 6]
+    assert all(r.kind is PageKind.DATA for r in records[:3])
+    assert {r.kind for r in records[3:]} == {PageKind.ZERO, PageKind.ERROR}
+
+
+def test_encoder_keeps_order_of_a_page_sent_twice():
+    vm = make_vm(page_count=4)
+    vm.write(2, page_content(2, 0))
+    (batch,) = encode_pages(vm, [0, 2, 0])
+    assert [r.guest_page for r in decode_batch(batch.payload)] == [0, 2, 0]
+
+
+def test_data_after_zero_records_decodes_the_slow_way():
+    payload = encode_batch([
+        PageRecord(PageKind.ZERO, 2),
+        PageRecord(PageKind.DATA, 1, page_content(1, 0)),
+        PageRecord(PageKind.ERROR, 3),
+        PageRecord(PageKind.DATA, 0, page_content(0, 0)),
+    ])
+    records = decode_batch(payload)
+    assert [(r.kind, r.guest_page) for r in records] == [
+        (PageKind.ZERO, 2), (PageKind.DATA, 1), (PageKind.ERROR, 3), (PageKind.DATA, 0)]
+    assert bytes(records[3].data) == page_content(0, 0)
+
+
+def test_data_first_layout_with_bad_kind_is_rejected():
+    # The size fits two DATA records first, but the first kind byte is not DATA.
+    payload = bytearray(encode_batch([
+        PageRecord(PageKind.DATA, 1, page_content(1, 0)),
+        PageRecord(PageKind.DATA, 2, page_content(2, 0)),
+    ]))
+    payload[10] = 9
+    with pytest.raises(MalformedPageBatch, match="record 0 has unknown kind 9"):
+        decode_batch(bytes(payload))
+
+
+def test_apply_matches_record_order_with_error_records():
+    destination = make_vm(page_count=4)
+    payload = encode_batch([
+        PageRecord(PageKind.ERROR, 1),
+        PageRecord(PageKind.DATA, 1, page_content(1, 0)),
+        PageRecord(PageKind.DATA, 2, page_content(2, 0)),
+        PageRecord(PageKind.ERROR, 2),
+    ])
+    applied = apply_batch(destination, payload)
+    assert applied.error_pages == (1, 2)
+    assert destination.read(1) == page_content(1, 0)
+    assert destination.poisoned_pages() == {2}

@@ -5,23 +5,21 @@ No bus code here: the host agent feeds these classes and publishes what they rep
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 
 from ..migration_core import (
+    NO_CHECKSUM,
     PAGE_SIZE_BYTES,
+    ZERO_PAGE_CHECKSUM,
     AllocatedPageMap,
     ArenaFrameStore,
     GuestMemory,
     GuestPageMap,
-    GuestPageOutOfRange,
     GuestWorkload,
     HostMemory,
-    PageKind,
-    decode_batch,
+    digest_checksums,
+    page_checksum,
     populate,
 )
 
@@ -29,7 +27,6 @@ from ..migration_core import (
 NONZERO_FRACTION = 0.75
 DEFAULT_MAX_DIRTY_RATE_PAGES_PER_S = 2000.0
 _ZERO_PAGE = bytes(PAGE_SIZE_BYTES)
-_ZERO_DIGEST = hashlib.blake2b(_ZERO_PAGE, digest_size=16).digest()
 
 
 class GuestVm:
@@ -82,135 +79,40 @@ class GuestVm:
         return {"trace": self.trace, "mips": self.mips, "memory_bytes": self.memory_bytes, "seed": self.seed,
                 "max_dirty_rate_pages_per_s": self.max_dirty_rate_pages_per_s}
 
-    @property
-    def memory(self) -> bytes:
-        """The memory image for the host's store; poisoned pages are stored as zeros."""
+    def memory_pages(self) -> Iterator[bytes | memoryview]:
+        """Yield the memory image for the host's store, page by page; poisoned pages are stored as zeros.
+
+        Views into the host's frames are live: write them out before the guest runs again.
+        """
         host = self.guest.host
         frames = self.guest.page_map
-        parts = []
         for page in range(self.page_count):
             data = host.read_frame(frames.host_frame(page))
-            parts.append(_ZERO_PAGE if data is None else data)
-        return b"".join(parts)
+            yield _ZERO_PAGE if data is None else data
 
     def digest(self) -> str:
         return memory_digest(self.guest)
 
 
 def memory_digest(guest: GuestMemory, excluded_pages: Iterable[int] | None = None) -> str:
-    """BLAKE2b over (page number, page checksum) of every page outside `excluded_pages`, as hex.
+    """Return digest_checksums() of the page checksums, with NO_CHECKSUM for each page in `excluded_pages`.
 
     By default the VM's own poisoned pages are left out. A migration passes the
     source's poisoned pages to both sides, so both digests cover the same pages.
+    A PageChecksums table filled by a migration gives the same digest.
     """
     excluded = guest.poisoned_pages() if excluded_pages is None else set(excluded_pages)
     host, page_map = guest.host, guest.page_map
-    digest = hashlib.blake2b(digest_size=32)
-    for page in range(guest.page_count):
-        if page in excluded:
-            continue
-        data = host.read_frame(page_map.host_frame(page))
-        page_digest = _ZERO_DIGEST if data is None else hashlib.blake2b(data, digest_size=16).digest()
-        digest.update(page.to_bytes(8, "big") + page_digest)
-    return digest.hexdigest()
 
+    def checksums():
+        for page in range(guest.page_count):
+            if page in excluded:
+                yield NO_CHECKSUM
+                continue
+            data = host.read_frame(page_map.host_frame(page))
+            yield ZERO_PAGE_CHECKSUM if data is None else page_checksum(data)
 
-_PAGE_NUMBER_BYTES = 8
-_CHECKSUM_BYTES = 16
-_TABLE_RECORD_BYTES = _PAGE_NUMBER_BYTES + _CHECKSUM_BYTES
-_NO_CHECKSUM = bytes(_CHECKSUM_BYTES)
-
-
-class PageChecksums:
-    """The BLAKE2b-128 checksum of each guest page as a migration last sent or received it.
-
-    The table holds one (page number, checksum) record per page in page order,
-    the same bytes memory_digest() feeds BLAKE2b, so `digest()` equals
-    memory_digest() of memory holding those pages while hashing only the table.
-    A page not yet recorded has an all-zero checksum, which no page's BLAKE2b
-    checksum equals in practice, so a page that never arrived makes digests differ.
-    """
-
-    def __init__(self, vm_id: str, page_count: int) -> None:
-        if type(page_count) is not int or page_count <= 0:
-            raise ValueError(f"invalid page_count {page_count!r}: expected a positive int")
-        self.vm_id = vm_id
-        self.page_count = page_count
-        self._table = bytearray(b"".join(page.to_bytes(_PAGE_NUMBER_BYTES, "big") + _NO_CHECKSUM
-                                         for page in range(page_count)))
-        # Pages whose latest record was an ERROR record: their contents are lost.
-        self.error_pages: set[int] = set()
-
-    def record_batch(self, payload: bytes | bytearray | memoryview) -> None:
-        """Record every page of one page batch (migration_core wire format), in record order.
-
-        Raises MalformedPageBatch or GuestPageOutOfRange, having recorded nothing,
-        for a batch the destination's apply would refuse.
-        """
-        records = decode_batch(payload)
-        for record in records:
-            if record.guest_page >= self.page_count:
-                raise GuestPageOutOfRange(self.vm_id, record.guest_page, self.page_count)
-        table, errors = self._table, self.error_pages
-        for kind, page, data in records:
-            offset = page * _TABLE_RECORD_BYTES + _PAGE_NUMBER_BYTES
-            if kind is PageKind.DATA:
-                table[offset:offset + _CHECKSUM_BYTES] = hashlib.blake2b(data, digest_size=16).digest()
-                errors.discard(page)
-            elif kind is PageKind.ZERO:
-                table[offset:offset + _CHECKSUM_BYTES] = _ZERO_DIGEST
-                errors.discard(page)
-            else:
-                table[offset:offset + _CHECKSUM_BYTES] = _NO_CHECKSUM
-                errors.add(page)
-
-    def digest(self, excluded_pages: Iterable[int]) -> str:
-        """BLAKE2b-256 over the records of every page outside `excluded_pages`, as hex (see memory_digest)."""
-        skipped = sorted({page for page in excluded_pages if 0 <= page < self.page_count})
-        view = memoryview(self._table)
-        digest = hashlib.blake2b(digest_size=32)
-        start = 0
-        for page in skipped:
-            digest.update(view[start * _TABLE_RECORD_BYTES:page * _TABLE_RECORD_BYTES])
-            start = page + 1
-        digest.update(view[start * _TABLE_RECORD_BYTES:])
-        return digest.hexdigest()
-
-
-class ChecksumRecorder:
-    """Fills a PageChecksums from page batches on one worker thread, in the order they were given.
-
-    BLAKE2b releases the GIL on page-sized input, so the checksums cost the
-    event loop little. One thread keeps the order: a page sent in two passes
-    ends with the checksum of the later one.
-    """
-
-    def __init__(self, vm_id: str, page_count: int) -> None:
-        self.table = PageChecksums(vm_id, page_count)
-        self.error: Exception | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-checksums")
-
-    def submit(self, payload: bytes | bytearray | memoryview) -> None:
-        """Queue a batch for recording; `payload` must not change afterwards."""
-        self._executor.submit(self._record, payload)
-
-    def _record(self, payload: bytes | bytearray | memoryview) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.table.record_batch(payload)
-        except ValueError as exc:
-            self.error = exc
-
-    async def drain(self) -> PageChecksums:
-        """Wait until every submitted batch is recorded; raise the first recording error."""
-        await asyncio.wrap_future(self._executor.submit(lambda: None))
-        if self.error is not None:
-            raise self.error
-        return self.table
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    return digest_checksums(checksums())
 
 
 def page_checksums(guest: GuestMemory) -> tuple[bytes, list[int]]:

@@ -18,8 +18,14 @@ import proto
 from proto import subjects
 
 from .._agent import HandlerError
-from ..migration_core import GuestPageOutOfRange, MalformedPageBatch, OutOfHostFrames, PrecopyDestination
-from ._memory import ChecksumRecorder, GuestVm
+from ..migration_core import (
+    GuestPageOutOfRange,
+    MalformedPageBatch,
+    OutOfHostFrames,
+    PageChecksums,
+    PrecopyDestination,
+)
+from ._memory import GuestVm
 
 
 @dataclass
@@ -32,7 +38,6 @@ class Incoming:
     guest_vm: GuestVm
     receiver: PrecopyDestination
     subscription: Any
-    checksums: ChecksumRecorder
     batches: int = 0
     # Set by the first batch that did not apply; commit then fails with it.
     rejected: str | None = None
@@ -58,8 +63,8 @@ class MigrationDestinationMixin:
             raise HandlerError(f"invalid or duplicate migration id {message.migration!r}")
         self._require_room(spec["memory_bytes"])
         guest_vm = self._incoming_guest(message.vm, spec)
-        incoming = Incoming(message.migration, message.vm, dict(spec), guest_vm,
-                            PrecopyDestination(guest_vm.guest), None, ChecksumRecorder(message.vm, guest_vm.page_count))
+        receiver = PrecopyDestination(guest_vm.guest, PageChecksums(message.vm, guest_vm.page_count))
+        incoming = Incoming(message.migration, message.vm, dict(spec), guest_vm, receiver, None)
 
         async def on_batch(msg: Any) -> None:
             await self._on_batch(incoming, msg)
@@ -70,7 +75,6 @@ class MigrationDestinationMixin:
             self._map_stage2(message.vm, spec["memory_bytes"])
         except HandlerError:
             await incoming.subscription.unsubscribe()
-            incoming.checksums.close()
             self.ram.release(message.vm)
             raise
         self.incoming[message.migration] = incoming
@@ -88,6 +92,10 @@ class MigrationDestinationMixin:
             raise HandlerError(f"host {self.id} cannot hold VM {vm_id}: {exc}") from None
 
     async def _on_batch(self, incoming: Incoming, msg: Any) -> None:
+        if incoming.rejected is not None:
+            # The migration failed here already; the event went out with the first rejection.
+            await self._reply(msg, proto.Reply(ok=False, error=f"rejected: {incoming.rejected}"))
+            return
         try:
             pages = proto.parse(proto.decode(msg.data), proto.MigratePages)
             if pages.migration != incoming.migration:
@@ -95,18 +103,22 @@ class MigrationDestinationMixin:
                                             f"{incoming.migration!r}")
             if self.incoming.get(incoming.migration) is not incoming:
                 raise proto.MessageRejected("unknown-migration", f"no incoming migration {incoming.migration!r}")
+            if pages.seq != incoming.batches + 1:
+                raise proto.MessageRejected("missing-batch", f"batch {pages.seq} arrived after batch "
+                                            f"{incoming.batches}: batches were lost or reordered")
             incoming.receiver.apply(pages.batch)
-            incoming.checksums.submit(pages.batch)
         except (MalformedPageBatch, GuestPageOutOfRange) as exc:
             incoming.rejected = str(exc)
             await self.reject(msg, proto.MessageRejected("malformed-page-batch", str(exc)))
             return
         except proto.MessageRejected as exc:
-            incoming.rejected = incoming.rejected or str(exc)
+            incoming.rejected = str(exc)
             await self.reject(msg, exc)
             return
         incoming.batches += 1
-        await msg.respond(self.envelope(proto.Reply(ok=True)))
+        if pages.ack and msg.reply:
+            # Batches arrive in order, so this acknowledges every batch up to pages.seq.
+            await msg.respond(self.envelope(proto.Reply(ok=True, result={"seq": pages.seq})))
 
     async def on_migrate_commit(self, message: proto.MigrateCommit, _msg: Any) -> dict[str, Any]:
         """Start the VM here once it holds the source's full state; the source keeps its copy until then."""
@@ -120,11 +132,7 @@ class MigrationDestinationMixin:
         excluded = message.poisoned_pages
         if not isinstance(excluded, list) or not all(type(p) is int for p in excluded):
             raise HandlerError("poisoned_pages must be a list of guest page numbers")
-        try:
-            checksums = await incoming.checksums.drain()
-        except ValueError as exc:
-            raise HandlerError(f"a page batch could not be checksummed: {exc}") from None
-        digest = checksums.digest(excluded)
+        digest = incoming.receiver.checksums.digest(excluded)
         if digest != message.source_digest:
             raise HandlerError(f"memory digest {digest} differs from the source's {message.source_digest}")
         # The check passed: run the VM first, then tidy up, so the rest is not downtime.
@@ -133,7 +141,6 @@ class MigrationDestinationMixin:
         self.vms[vm.id] = vm
         resumed_at = time.time()
         poisoned = sorted(incoming.receiver.complete())
-        incoming.checksums.close()
         await incoming.subscription.unsubscribe()
         self.store.record_arrival(message.migration, vm.id, digest)
         # The memory image goes to disk after the VM runs, so the write is not downtime.
@@ -143,7 +150,6 @@ class MigrationDestinationMixin:
 
     async def _drop_incoming(self, incoming: Incoming) -> None:
         self.incoming.pop(incoming.migration, None)
-        incoming.checksums.close()
         self.ram.release(incoming.vm)
         try:
             await incoming.subscription.unsubscribe()

@@ -1,10 +1,11 @@
 """Source side of a live migration in the host agent: precopy over the bus, then a lease.
 
 `migrate_send` runs the precopy state machine of migration_core: a full pass, passes
-over dirtied pages, then stop-and-copy with the VM paused. Batches go to the
-destination as requests on the migration's data subject, at most
-BATCHES_IN_FLIGHT unanswered. The VM stays here, paused, until the coordinator
-sends `migrate_finish` (drop it) or `migrate_abort` (resume it). If neither comes
+over dirtied pages, then stop-and-copy with the VM paused. Batches are published
+to the destination on the migration's data subject, numbered, with at most
+BATCHES_IN_FLIGHT unacknowledged (migration_core.CreditWindow). The VM stays
+here, paused, until the coordinator sends `migrate_finish` (drop it) or
+`migrate_abort` (resume it). If neither comes
 within SOURCE_RESUME_TIMEOUT_S, the source aborts the destination itself and
 resumes the VM, so a lost coordinator never leaves the VM stopped or running twice.
 That resume publishes `vm.resumed`, never `migration.failed`: the coordinator alone
@@ -20,14 +21,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
+
 import proto
 from proto import subjects
 
 from .._agent import CommandFailed, CommandTimeout, HandlerError
-from ..migration_core import PAGE_SIZE_BYTES, PassReport, PrecopyConfig, PrecopySource, SendPass, encode_pages
-from ._memory import ChecksumRecorder, GuestVm
+from ..migration_core import (
+    PAGE_SIZE_BYTES,
+    AckOutOfRange,
+    CreditWindow,
+    PageChecksums,
+    PassReport,
+    PrecopyConfig,
+    PrecopySource,
+    SendPass,
+    encode_pages,
+)
+from ._memory import GuestVm
 
-BATCHES_IN_FLIGHT = 16
+# Unacknowledged batches at most, and batches per acknowledgement.
+BATCHES_IN_FLIGHT = 32
+BATCHES_PER_ACK = 4
 BATCH_TIMEOUT_S = 5.0
 PROGRESS_INTERVAL_S = 0.5
 SOURCE_RESUME_TIMEOUT_S = 15.0
@@ -53,12 +68,14 @@ class Outgoing:
     engine: PrecopySource
     subject: str
     # Checksums of the pages as sent; the digest at the pause hashes this table, not the memory.
-    checksums: ChecksumRecorder | None = None
-    batches: int = 0
+    checksums: PageChecksums | None = None
+    flow: CreditWindow = field(default_factory=lambda: CreditWindow(BATCHES_IN_FLIGHT, BATCHES_PER_ACK))
+    # Where the destination sends acknowledgements; set each time one arrives.
+    ack_inbox: str = ""
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_before_pass: int = 0
     error: Exception | None = None
     progress_at: float = 0.0
-    tasks: set = field(default_factory=set)
 
     def ids(self, source: str) -> dict[str, str]:
         return {"migration": self.migration, "vm": self.vm.id, "source": source, "destination": self.destination}
@@ -101,7 +118,13 @@ class MigrationSourceMixin:
     async def _precopy(self, state: Outgoing) -> dict[str, Any]:
         vm, engine = state.vm, state.engine
         vm.guest.start_dirty_log()
-        state.checksums = ChecksumRecorder(vm.id, vm.page_count)
+        state.checksums = PageChecksums(vm.id, vm.page_count)
+        state.ack_inbox = self.nc.new_inbox()
+
+        async def on_ack(msg: Any) -> None:
+            await self._on_ack(state, msg)
+
+        acks = await self.nc.subscribe(state.ack_inbox, cb=on_ack)
         started = time.monotonic()
         try:
             step = engine.start(setup_time_s=0.0)
@@ -119,9 +142,8 @@ class MigrationSourceMixin:
             report = await self._send_pass(state, final)
             # Every page was sent in the first pass and every page written since in a later
             # one, so the table holds the checksum of each page as the destination holds it.
-            checksums = await state.checksums.drain()
-            poisoned = sorted(checksums.error_pages)
-            digest = checksums.digest(poisoned)
+            poisoned = sorted(state.checksums.error_pages)
+            digest = state.checksums.digest(poisoned)
             done = engine.stop_copy_done(report)
         except BaseException as exc:
             if engine.status in ("setup", "active", "device"):
@@ -129,57 +151,69 @@ class MigrationSourceMixin:
             raise
         finally:
             vm.guest.stop_dirty_log()
-            state.checksums.close()
+            await _unsubscribe(acks)
         self.log.info("migration.sent", migration=state.migration, vm=vm.id, reason=step.reason,
-                      seconds=round(time.monotonic() - started, 3), batches=state.batches)
+                      seconds=round(time.monotonic() - started, 3), batches=state.flow.sent)
         return {
-            "source_digest": digest, "poisoned_pages": poisoned, "batches": state.batches,
+            "source_digest": digest, "poisoned_pages": poisoned, "batches": state.flow.sent,
             "sent_poisoned_pages": sorted(engine.poisoned_pages), "paused_at": paused_at,
             "stop_reason": step.reason, "stats": done.stats.to_query_migrate(),
         }
 
     async def _send_pass(self, state: Outgoing, guest_pages) -> PassReport:
-        """Send one pass's pages, at most BATCHES_IN_FLIGHT batches unanswered; return its measurements."""
+        """Send one pass's pages within the credit window; return its measurements once all are acknowledged."""
         started = time.monotonic()
-        window = asyncio.Semaphore(BATCHES_IN_FLIGHT)
         normal = zero = sent_bytes = pages_done = 0
         errors: list[int] = []
         state.bytes_before_pass = state.engine.stats().transferred_bytes
-        try:
-            for batch in encode_pages(state.vm.guest, guest_pages):
-                normal += batch.normal_pages
-                zero += batch.zero_pages
-                errors.extend(batch.error_pages)
-                state.checksums.submit(batch.payload)
-                for page in batch.discovered_error_pages:
-                    await self._report_discovered(state, page)
-                await window.acquire()
-                if state.error is not None:
-                    break
-                task = asyncio.ensure_future(self._send_batch(state, batch.payload, window))
-                state.tasks.add(task)
-                task.add_done_callback(state.tasks.discard)
-                sent_bytes += len(batch.payload)
-                pages_done += batch.normal_pages + batch.zero_pages + len(batch.error_pages)
-                if time.monotonic() - state.progress_at >= PROGRESS_INTERVAL_S:
-                    await self._publish_progress(state, sent_bytes, len(guest_pages) - pages_done)
-            await asyncio.gather(*state.tasks)
-        finally:
-            for task in list(state.tasks):
-                task.cancel()
-        if state.error is not None:
-            raise state.error
+        batches = encode_pages(state.vm.guest, guest_pages, checksums=state.checksums)
+        batch = next(batches, None)
+        while batch is not None:
+            # Encode one batch ahead, to know which batch ends the pass.
+            following = next(batches, None)
+            normal += batch.normal_pages
+            zero += batch.zero_pages
+            errors.extend(batch.error_pages)
+            for page in batch.discovered_error_pages:
+                await self._report_discovered(state, page)
+            await self._wait_for_acks(state, state.flow.window - 1)
+            seq, ack = state.flow.next_batch(last_of_pass=following is None)
+            await self.nc.publish(state.subject, self.envelope(proto.MigratePages(state.migration, batch.payload, seq, ack)),
+                                  reply=state.ack_inbox)
+            sent_bytes += len(batch.payload)
+            pages_done += batch.normal_pages + batch.zero_pages + len(batch.error_pages)
+            if time.monotonic() - state.progress_at >= PROGRESS_INTERVAL_S:
+                await self._publish_progress(state, sent_bytes, len(guest_pages) - pages_done)
+            batch = following
+        await self._wait_for_acks(state, 0)
         return PassReport(sent_bytes, time.monotonic() - started, normal, zero, tuple(errors))
 
-    async def _send_batch(self, state: Outgoing, payload: bytes, window: asyncio.Semaphore) -> None:
+    async def _wait_for_acks(self, state: Outgoing, in_flight: int) -> None:
+        """Wait until at most `in_flight` batches are unacknowledged; raise PageTransferFailed on an error or silence."""
+        while state.error is None and state.flow.in_flight > in_flight:
+            state.acked.clear()
+            try:
+                await asyncio.wait_for(state.acked.wait(), BATCH_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                state.error = PageTransferFailed(
+                    state.destination, f"no acknowledgement of batches {state.flow.acked + 1}..{state.flow.sent} "
+                    f"within {BATCH_TIMEOUT_S:g} s")
+        if state.error is not None:
+            raise state.error
+
+    async def _on_ack(self, state: Outgoing, msg: Any) -> None:
         try:
-            await self.request(state.subject, proto.MigratePages(state.migration, payload), BATCH_TIMEOUT_S)
-            state.batches += 1
-        except (CommandFailed, CommandTimeout) as exc:
-            if state.error is None:
-                state.error = PageTransferFailed(state.destination, str(exc))
-        finally:
-            window.release()
+            reply = proto.parse(proto.decode(msg.data), proto.Reply)
+            if not reply.ok:
+                error: str | None = reply.error
+            else:
+                state.flow.on_ack(reply.result.get("seq"))
+                error = None
+        except (proto.MessageRejected, AckOutOfRange) as exc:
+            error = f"invalid acknowledgement: {exc}"
+        if error is not None and state.error is None:
+            state.error = PageTransferFailed(state.destination, error)
+        state.acked.set()
 
     async def _report_discovered(self, state: Outgoing, guest_page: int) -> None:
         frame = state.vm.guest.host_frame(guest_page)
@@ -280,6 +314,14 @@ class MigrationSourceMixin:
             state = Outgoing(migration, self.vms[vm_id], destination, PrecopySource(self.vms[vm_id].page_count),
                              subjects.migration_pages(migration))
             self._leases[migration] = self.spawn(self._lease(state), f"lease {migration}")
+
+
+async def _unsubscribe(subscription: Any) -> None:
+    try:
+        await subscription.unsubscribe()
+    except nats.errors.Error:
+        # The connection is closing or gone, and the subscription with it.
+        pass
 
 
 def _outgoing_path(store: Any, migration: str) -> Path:

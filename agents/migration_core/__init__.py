@@ -6,6 +6,7 @@ machine, page-record batches for the wire, and QEMU-named statistics. No
 module here does I/O or reads a clock.
 """
 
+from ._flow import AckOutOfRange, CreditWindow
 from ._frames import ArenaFrameStore, FrameStore, SparseFrameStore
 from ._guest import GuestMemory, PageKind, SafeRead
 from ._memory import (
@@ -33,19 +34,23 @@ from ._precopy import (
 )
 from ._simulate import SimulatedMigration, simulate_migration
 from ._stats import MigrationStats
-from ._transfer import DEFAULT_RECORDS_PER_BATCH, AppliedBatch, EncodedBatch, apply_batch, encode_pages
+from ._checksums import NO_CHECKSUM, ZERO_PAGE_CHECKSUM, digest_checksums, page_checksum
+from ._transfer import DEFAULT_RECORDS_PER_BATCH, AppliedBatch, EncodedBatch, PageChecksums, apply_batch, encode_pages
 from ._wire import DATA_RECORD_SIZE_BYTES, WIRE_VERSION, MalformedPageBatch, PageRecord, decode_batch, encode_batch
 from ._workload import GuestWorkload, WorkloadTick, page_content, populate
 
 __all__ = [
     "DATA_RECORD_SIZE_BYTES",
     "DEFAULT_RECORDS_PER_BATCH",
+    "NO_CHECKSUM",
     "PAGE_SIZE_BYTES",
     "WIRE_VERSION",
+    "AckOutOfRange",
     "AllocatedPageMap",
     "AppliedBatch",
     "ArenaFrameStore",
     "Completed",
+    "CreditWindow",
     "EncodedBatch",
     "FrameError",
     "FrameOutOfRange",
@@ -60,6 +65,7 @@ __all__ = [
     "MemoryErrorMap",
     "MigrationStats",
     "OutOfHostFrames",
+    "PageChecksums",
     "PageKind",
     "PageRecord",
     "PassReport",
@@ -74,10 +80,13 @@ __all__ = [
     "StopAndCopy",
     "WorkloadTick",
     "WrongMigrationState",
+    "ZERO_PAGE_CHECKSUM",
     "apply_batch",
     "decode_batch",
+    "digest_checksums",
     "encode_batch",
     "encode_pages",
+    "page_checksum",
     "page_content",
     "populate",
     "predict_precopy",

@@ -7,6 +7,7 @@ page is never kept as bytes.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from typing import Protocol
 
 PAGE_SIZE_BYTES = 4096
@@ -15,7 +16,11 @@ PAGE_SIZE_BYTES = 4096
 class FrameStore(Protocol):
     def read(self, frame: int) -> bytes | memoryview | None: ...
 
+    def read_many(self, frames: Sequence[int]) -> list[bytes | memoryview | None]: ...
+
     def write(self, frame: int, data: bytes | memoryview) -> None: ...
+
+    def write_many(self, frames: Sequence[int], contents: Sequence[bytes | memoryview | None]) -> None: ...
 
     def clear(self, frame: int) -> None: ...
 
@@ -31,8 +36,21 @@ class SparseFrameStore:
     def read(self, frame: int) -> bytes | None:
         return self._pages.get(frame)
 
+    def read_many(self, frames: Sequence[int]) -> list[bytes | None]:
+        get = self._pages.get
+        return [get(frame) for frame in frames]
+
     def write(self, frame: int, data: bytes | memoryview) -> None:
         self._pages[frame] = data if type(data) is bytes else bytes(data)
+
+    def write_many(self, frames: Sequence[int], contents: Sequence[bytes | memoryview | None]) -> None:
+        """Store pages by position; None clears a frame."""
+        pages = self._pages
+        for frame, data in zip(frames, contents):
+            if data is None:
+                pages.pop(frame, None)
+            else:
+                pages[frame] = data if type(data) is bytes else bytes(data)
 
     def clear(self, frame: int) -> None:
         self._pages.pop(frame, None)
@@ -64,13 +82,28 @@ class ArenaFrameStore:
         offset = frame * PAGE_SIZE_BYTES
         return self._view[offset:offset + PAGE_SIZE_BYTES]
 
+    def read_many(self, frames: Sequence[int]) -> list[memoryview | None]:
+        nonzero, view, size = self._nonzero, self._view, PAGE_SIZE_BYTES
+        return [view[frame * size:(frame + 1) * size] if frame in nonzero else None for frame in frames]
+
     def write(self, frame: int, data: bytes | memoryview) -> None:
         offset = frame * PAGE_SIZE_BYTES
         self._view[offset:offset + PAGE_SIZE_BYTES] = data
         self._nonzero.add(frame)
+
+    def write_many(self, frames: Sequence[int], contents: Sequence[bytes | memoryview | None]) -> None:
+        """Store pages by position; None clears a frame."""
+        nonzero, view, size = self._nonzero, self._view, PAGE_SIZE_BYTES
+        for frame, data in zip(frames, contents):
+            if data is None:
+                nonzero.discard(frame)
+            else:
+                view[frame * size:(frame + 1) * size] = data
+                nonzero.add(frame)
 
     def clear(self, frame: int) -> None:
         self._nonzero.discard(frame)
 
     def materialized_count(self) -> int:
         return len(self._nonzero)
+

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
-import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._checksums import ZERO_PAGE_CHECKSUM, page_checksum
 from ._memory import (
     PAGE_SIZE_BYTES,
     ZERO_PAGE,
@@ -55,6 +56,14 @@ class GuestMemory:
     def host_frame(self, guest_page: int) -> int:
         self.check_page(guest_page)
         return self.page_map.host_frame(guest_page)
+
+    def host_frames(self, guest_pages: Sequence[int]) -> list[int]:
+        """Host frames of pages already checked with check_page(), in order."""
+        frames = getattr(self.page_map, "frames", None)
+        if frames is not None:
+            return [frames[page] for page in guest_pages]
+        host_frame = self.page_map.host_frame
+        return [host_frame(page) for page in guest_pages]
 
     def check_page(self, guest_page: object) -> int:
         if type(guest_page) is not int or not 0 <= guest_page < self.page_count:
@@ -147,17 +156,16 @@ class GuestMemory:
         return result
 
     def page_digests(self) -> dict[int, bytes]:
-        """BLAKE2b digests of every readable page, keyed by guest page.
+        """Checksums (XXH3-128) of every readable page, keyed by guest page.
 
         Pages with a known or latent error are left out. The host's own view
         is used, so the check discovers no latent error.
         """
         poisoned = self.poisoned_pages()
-        zero_digest = hashlib.blake2b(ZERO_PAGE, digest_size=16).digest()
         digests = {}
         for page in range(self.page_count):
             if page in poisoned:
                 continue
             data = self.host.read_frame(self.page_map.host_frame(page))
-            digests[page] = zero_digest if data is None else hashlib.blake2b(data, digest_size=16).digest()
+            digests[page] = ZERO_PAGE_CHECKSUM if data is None else page_checksum(data)
         return digests

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,6 +105,10 @@ class MemoryErrorMap:
         _check_frame(frame, self.frame_count)
         self._errors[frame] = FrameError.UNCORRECTABLE
 
+    def frames_with_errors(self) -> set[int]:
+        """Frames with a known or a latent error."""
+        return set(self._errors)
+
     def known_frames(self) -> frozenset[int]:
         return frozenset(f for f, e in self._errors.items() if e is FrameError.UNCORRECTABLE)
 
@@ -144,28 +148,38 @@ class HostMemory:
         usable = self.free_frame_count - sum(1 for f in self.errors.known_frames() if f not in self._allocated)
         if usable < count:
             raise OutOfHostFrames(count, usable)
+        bad = self.errors.known_frames()
         allocated: list[int] = []
         while len(allocated) < count:
-            if self._freed:
-                frame = heapq.heappop(self._freed)
+            need = count - len(allocated)
+            candidates: Iterable[int]
+            if len(self._freed) > need:
+                candidates = [heapq.heappop(self._freed) for _ in range(need)]
+            elif self._freed:
+                candidates, self._freed = sorted(self._freed), []
             else:
-                frame = self._next_unused
-                self._next_unused += 1
-            if self.errors.is_known_bad(frame):
-                continue
-            allocated.append(frame)
+                candidates = range(self._next_unused, self._next_unused + need)
+                self._next_unused += need
+            # Known-bad frames leave the free pool for good.
+            allocated.extend(frame for frame in candidates if frame not in bad)
         self._allocated.update(allocated)
         return allocated
 
     def free(self, frames: Iterable[int]) -> None:
-        for frame in frames:
+        """Return allocated frames to the pool; raises, freeing none, if any is not allocated."""
+        frames = list(frames)
+        unknown = set(frames).difference(self._allocated)
+        if unknown or len(set(frames)) != len(frames):
+            frame = next((f for f in frames if f in unknown), None)
+            if frame is None:
+                raise ValueError("a host frame is listed twice")
             _check_frame(frame, self.frame_count)
-            if frame not in self._allocated:
-                raise ValueError(f"host frame {frame} is not allocated")
-            self._allocated.discard(frame)
-            self._contents.clear(frame)
-            self._lost_contents.discard(frame)
-            heapq.heappush(self._freed, frame)
+            raise ValueError(f"host frame {frame} is not allocated")
+        self._allocated.difference_update(frames)
+        self._contents.write_many(frames, [None] * len(frames))
+        self._lost_contents.difference_update(frames)
+        self._freed.extend(frames)
+        heapq.heapify(self._freed)
 
     def is_poisoned(self, frame: int) -> bool:
         return frame in self._lost_contents or self.errors.is_known_bad(frame)
@@ -201,6 +215,35 @@ class HostMemory:
         if state is FrameError.LATENT:
             self.errors.discover(frame)
         return None, PAGE_SIZE_BYTES
+
+    def read_many_for_migration(self, frames: Sequence[int]) -> tuple[list[bytes | memoryview | None], dict[int, bool]]:
+        """Read frames as copy_mc() does, for a migration batch.
+
+        Returns the contents by position (None for a zero page and for an
+        unreadable frame) and, for each position whose frame is poisoned or
+        held a latent error, whether this read discovered the error.
+        """
+        contents = self._contents.read_many(frames)
+        unreadable: dict[int, bool] = {}
+        suspects = self.errors.frames_with_errors()
+        suspects.update(self._lost_contents)
+        if suspects.isdisjoint(frames):
+            return contents, unreadable
+        for index, frame in enumerate(frames):
+            if frame in suspects:
+                was_latent = self.errors.state(frame) is FrameError.LATENT
+                data, not_copied = self.copy_mc(frame)
+                if not_copied:
+                    contents[index] = None
+                    unreadable[index] = was_latent
+        return contents, unreadable
+
+    def write_many(self, frames: Sequence[int], contents: Sequence[bytes | memoryview | None]) -> None:
+        """Store pages by position (None for a zero page), as write_frame() does for each."""
+        if self._lost_contents:
+            self._lost_contents.difference_update(frames)
+        zero = ZERO_PAGE
+        self._contents.write_many(frames, [None if data is None or data == zero else data for data in contents])
 
     def materialized_frame_count(self) -> int:
         return self._contents.materialized_count()

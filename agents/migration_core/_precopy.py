@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ._guest import GuestMemory
 from ._memory import PAGE_SIZE_BYTES
 from ._stats import MigrationStats
-from ._transfer import AppliedBatch, apply_batch
+from ._transfer import AppliedBatch, PageChecksums, apply_batch
 from ._wire import DATA_RECORD_SIZE_BYTES
 
 
@@ -301,8 +301,10 @@ class PrecopyDestination:
     anything is stored, so the migration can be dropped cleanly.
     """
 
-    def __init__(self, memory: GuestMemory) -> None:
+    def __init__(self, memory: GuestMemory, checksums: PageChecksums | None = None) -> None:
         self.memory = memory
+        # Filled with each stored page's checksum, when given.
+        self.checksums = checksums
         self.status = "active"
         self.normal_pages = 0
         self.zero_pages = 0
@@ -311,7 +313,7 @@ class PrecopyDestination:
 
     def apply(self, payload: bytes | bytearray | memoryview) -> AppliedBatch:
         self._require_active("apply")
-        applied = apply_batch(self.memory, payload)
+        applied = apply_batch(self.memory, payload, self.checksums)
         self.batches += 1
         self.normal_pages += applied.normal_pages
         self.zero_pages += applied.zero_pages

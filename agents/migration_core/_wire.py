@@ -11,8 +11,9 @@ carries no bytes because the page's contents are lost on the source.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ._guest import PageKind
@@ -28,6 +29,7 @@ RECORD_HEADER_SIZE_BYTES = RECORD_HEADER.size
 DATA_RECORD_SIZE_BYTES = RECORD_HEADER.size + PAGE_SIZE_BYTES
 _MAX_GUEST_PAGE = (1 << 64) - 1
 _KINDS = {int(kind): kind for kind in PageKind}
+_DATA, _ZERO, _ERROR = int(PageKind.DATA), int(PageKind.ZERO), int(PageKind.ERROR)
 
 
 class MalformedPageBatch(ValueError):
@@ -93,31 +95,79 @@ def decode_batch(payload: bytes | bytearray | memoryview) -> list[PageRecord]:
 
     DATA records are memoryviews into `payload`; copy them to keep them.
     """
+    kinds, pages, contents = decode_columns(payload)
+    return [PageRecord(_KINDS[kind], page, data) for kind, page, data in zip(kinds, pages, contents)]
+
+
+def decode_columns(
+    payload: bytes | bytearray | memoryview,
+) -> tuple[Sequence[int], Sequence[int], list[memoryview | None]]:
+    """Decode a whole batch into record kinds (ints), guest pages and contents (None unless DATA).
+
+    The same checks and errors as decode_batch, without a PageRecord per page.
+    """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise MalformedPageBatch(f"payload is {type(payload).__name__}, expected bytes", 0)
     view = memoryview(payload).cast("B")
     count = _decode_header(view)
-    records: list[PageRecord] = []
+    columns = _decode_data_first(view, count)
+    return columns if columns is not None else _decode_each(view, count)
+
+
+def _decode_data_first(view: memoryview, count: int) -> tuple[tuple[int, ...], tuple[int, ...], list] | None:
+    """Decode a batch whose DATA records all come first (as encode_pages writes them) in one unpack.
+
+    Returns None for any other batch, which the record-by-record decoder then
+    checks; the size alone gives the number of DATA records.
+    """
+    data_bytes = len(view) - HEADER_SIZE_BYTES - count * RECORD_HEADER_SIZE_BYTES
+    data_count, rest = divmod(data_bytes, PAGE_SIZE_BYTES)
+    if data_bytes < 0 or rest or data_count > count:
+        return None
+    fields = _data_first_layout(data_count, count - data_count).unpack_from(view, HEADER_SIZE_BYTES)
+    kinds, pages = fields[0::2], fields[1::2]
+    if kinds[:data_count].count(_DATA) != data_count:
+        return None
+    others = kinds[data_count:]
+    if others.count(_ZERO) + others.count(_ERROR) != len(others):
+        return None
+    offsets = range(HEADER_SIZE_BYTES + RECORD_HEADER_SIZE_BYTES,
+                    HEADER_SIZE_BYTES + data_count * DATA_RECORD_SIZE_BYTES, DATA_RECORD_SIZE_BYTES)
+    contents: list[memoryview | None] = [view[offset:offset + PAGE_SIZE_BYTES] for offset in offsets]
+    contents.extend([None] * len(others))
+    return kinds, pages, contents
+
+
+@functools.lru_cache(maxsize=512)
+def _data_first_layout(data_count: int, other_count: int) -> struct.Struct:
+    return struct.Struct(">" + f"BQ{PAGE_SIZE_BYTES}x" * data_count + "BQ" * other_count)
+
+
+def _decode_each(view: memoryview, count: int) -> tuple[list[int], list[int], list[memoryview | None]]:
+    kinds: list[int] = []
+    pages: list[int] = []
+    contents: list[memoryview | None] = []
     offset = HEADER_SIZE_BYTES
     end = len(view)
     unpack = RECORD_HEADER.unpack_from
     for index in range(count):
         if end - offset < RECORD_HEADER_SIZE_BYTES:
             raise MalformedPageBatch(f"record {index} of {count} is truncated", offset)
-        kind_value, guest_page = unpack(view, offset)
-        kind = _KINDS.get(kind_value)
-        if kind is None:
-            raise MalformedPageBatch(f"record {index} has unknown kind {kind_value}", offset)
+        kind, guest_page = unpack(view, offset)
+        if kind not in _KINDS:
+            raise MalformedPageBatch(f"record {index} has unknown kind {kind}", offset)
         offset += RECORD_HEADER_SIZE_BYTES
-        if kind is PageKind.DATA:
+        kinds.append(kind)
+        pages.append(guest_page)
+        if kind == _DATA:
             if end - offset < PAGE_SIZE_BYTES:
                 raise MalformedPageBatch(
                     f"DATA record {index} for page {guest_page} has {end - offset} of {PAGE_SIZE_BYTES} bytes", offset
                 )
-            records.append(PageRecord(kind, guest_page, view[offset:offset + PAGE_SIZE_BYTES]))
+            contents.append(view[offset:offset + PAGE_SIZE_BYTES])
             offset += PAGE_SIZE_BYTES
         else:
-            records.append(PageRecord(kind, guest_page, None))
+            contents.append(None)
     if offset != end:
         raise MalformedPageBatch(f"{end - offset} bytes after the last of {count} records", offset)
-    return records
+    return kinds, pages, contents
