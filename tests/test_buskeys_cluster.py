@@ -24,11 +24,24 @@ def fetch_service_root(url, context, timeout_s=60.0):
             time.sleep(0.5)
 
 
+def placed_host(state, vm, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = subprocess.run(dcfleet_command("events", "--state-dir", str(state), "--json"),
+                                capture_output=True, text=True, timeout=60)
+        for line in result.stdout.splitlines():
+            event = json.loads(line)
+            if event["type"] == "vm.placed" and event["data"]["vm"] == vm:
+                return event["data"]["host"]
+        time.sleep(1)
+    raise AssertionError(f"{vm} was not placed within {timeout_s} s")
+
+
 def test_secure_cluster_runs_without_denials(tmp_path):
     state = tmp_path / "state"
     up = subprocess.Popen(
         dcfleet_command("up", "--state-dir", str(state), "--hosts", "2", "--vms", "2", "--secure",
-                        "--duration", "20"),
+                        "--duration", "30", "--power-interval", "600"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -46,6 +59,13 @@ def test_secure_cluster_runs_without_denials(tmp_path):
             raise AssertionError("a client without the cluster CA was accepted")
         except urllib.error.URLError as exc:
             assert isinstance(exc.reason, ssl.SSLCertVerificationError)
+        # Page batches and their acknowledgements pass the host credentials' permissions.
+        source = placed_host(state, "vm0001")
+        destination = "h2" if source == "h1" else "h1"
+        migrate = subprocess.run(dcfleet_command("migrate", "--state-dir", str(state), "--vm", "vm0001",
+                                                 "--to", destination),
+                                 capture_output=True, text=True, timeout=90)
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         _stdout, stderr = up.communicate(timeout=120)
     finally:
         if up.poll() is None:

@@ -70,7 +70,7 @@ class Outgoing:
     # Checksums of the pages as sent; the digest at the pause hashes this table, not the memory.
     checksums: PageChecksums | None = None
     flow: CreditWindow = field(default_factory=lambda: CreditWindow(BATCHES_IN_FLIGHT, BATCHES_PER_ACK))
-    # Where the destination sends acknowledgements; set each time one arrives.
+    # Acknowledgements arrive on `<ack_inbox>.<seq>`; `acked` is set each time one does.
     ack_inbox: str = ""
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_before_pass: int = 0
@@ -124,7 +124,7 @@ class MigrationSourceMixin:
         async def on_ack(msg: Any) -> None:
             await self._on_ack(state, msg)
 
-        acks = await self.nc.subscribe(state.ack_inbox, cb=on_ack)
+        acks = await self.nc.subscribe(f"{state.ack_inbox}.*", cb=on_ack)
         started = time.monotonic()
         try:
             step = engine.start(setup_time_s=0.0)
@@ -178,8 +178,10 @@ class MigrationSourceMixin:
                 await self._report_discovered(state, page)
             await self._wait_for_acks(state, state.flow.window - 1)
             seq, ack = state.flow.next_batch(last_of_pass=following is None)
+            # A reply subject of its own per acknowledgement: a broker with least-privilege
+            # permissions lets the destination respond once to each received reply subject.
             await self.nc.publish(state.subject, self.envelope(proto.MigratePages(state.migration, batch.payload, seq, ack)),
-                                  reply=state.ack_inbox)
+                                  reply=f"{state.ack_inbox}.{seq}" if ack else "")
             sent_bytes += len(batch.payload)
             pages_done += batch.normal_pages + batch.zero_pages + len(batch.error_pages)
             if time.monotonic() - state.progress_at >= PROGRESS_INTERVAL_S:
