@@ -29,6 +29,8 @@ PING_INTERVAL_S = 1
 MAX_OUTSTANDING_PINGS = 3
 # How long an event publish retries through a broker outage before it raises.
 PUBLISH_RETRY_S = 60.0
+# How long a stopping agent tries to store its agent.stopped event.
+STOP_EVENT_TIMEOUT_S = 5.0
 PUBLISH_RETRY_ERRORS = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
                         nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError,
                         asyncio.TimeoutError)
@@ -174,16 +176,31 @@ class Agent:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self.nc is not None and self.nc.is_connected:
-                try:
-                    await self.publish(
-                        proto.AgentStopped(agent=self.source, kind=self.kind, reason=self._stop_reason)
-                    )
-                except Exception as exc:  # the broker may already be gone
-                    self.log.warning("agent.stop_event_failed", error=str(exc))
-                # drain() flushes what the client still buffers; close() alone can drop it.
-                await self.nc.drain()
+            if self.nc is not None:
+                await self._close_bus()
             self.log.info("agent.stopped", reason=self._stop_reason)
+
+    async def _close_bus(self) -> None:
+        """Publish agent.stopped and drain; when the broker is gone, close without waiting for it.
+
+        A supervisor killed with SIGKILL takes its broker with it, so a stop
+        may find the connection lost or reconnecting.
+        """
+        assert self.nc is not None
+        if self.nc.is_connected:
+            stopped = proto.AgentStopped(agent=self.source, kind=self.kind, reason=self._stop_reason)
+            try:
+                await asyncio.wait_for(self.publish(stopped), STOP_EVENT_TIMEOUT_S)
+            except Exception as exc:  # the broker may already be gone
+                self.log.warning("agent.stop_event_failed", error=repr(exc))
+        if self.nc.is_connected:
+            # drain() flushes what the client still buffers; close() alone can drop it.
+            try:
+                await self.nc.drain()
+                return
+            except (nats.errors.ConnectionReconnectingError, nats.errors.ConnectionClosedError):
+                pass
+        await self.nc.close()
 
     async def start(self) -> None:
         """Subscribe and start background work."""
@@ -211,9 +228,17 @@ class Agent:
     def envelope(self, message: proto.Message) -> bytes:
         return proto.encode(proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data()))
 
-    async def publish(self, message: proto.Message) -> None:
-        """Publish an event to the durable event stream and wait for its ack."""
-        envelope = proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
+    def event_envelope(self, message: proto.Message) -> proto.Envelope:
+        return proto.Envelope(type=message.TYPE, source=self.source, data=message.to_data())
+
+    async def publish(self, message: proto.Message, envelope: proto.Envelope | None = None) -> None:
+        """Publish an event to the durable event stream and wait for its ack.
+
+        Passing the envelope of an earlier attempt, possibly from a process that
+        died, stores the event at most once: the stream drops a repeated id
+        within its duplicate window (120 s, set by ensure_event_stream).
+        """
+        envelope = envelope or self.event_envelope(message)
 
         async def publish_once() -> None:
             await self.js.publish(

@@ -92,7 +92,7 @@ def operator_options_for(state_dir: str | None, url: str) -> dict[str, Any]:
 
 def redfish_base_url(config: ClusterConfig, host: Any) -> str:
     """Base URL of a host's BMC Redfish service, always HTTPS (Redfish requires it for Basic auth)."""
-    return f"https://127.0.0.1:{host.bmc_port}"
+    return f"https://{config.bmc_address()}:{host.bmc_port}"
 
 
 def redfish_server_ssl(config: ClusterConfig) -> ssl.SSLContext | None:

@@ -254,11 +254,11 @@ def _certificate_authority(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey
 
 
 def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str,
-          now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          now: dt.datetime, extra_addresses: tuple[str, ...] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Issue a certificate for servers (broker, Redfish), also valid as a client certificate between brokers."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in SERVER_HOSTNAMES]
-    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in SERVER_ADDRESSES]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in _server_addresses(extra_addresses)]
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
@@ -274,17 +274,42 @@ def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_
     return key, cert
 
 
-def write_tls(paths: BusSecretPaths) -> None:
-    """Create the CA and a server certificate for loopback and the compose broker names, once."""
-    if paths.ca_cert.exists() and paths.server_cert.exists() and paths.server_key.exists():
+def _server_addresses(extra_addresses: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(SERVER_ADDRESSES + tuple(extra_addresses)))
+
+
+def write_tls(paths: BusSecretPaths, extra_addresses: tuple[str, ...] = ()) -> None:
+    """Create the CA and a server certificate for loopback, the compose broker names and `extra_addresses`.
+
+    Existing files are kept while the server certificate covers every address.
+    Otherwise a new server certificate is issued by the existing CA, so clients
+    that trust the CA keep working.
+    """
+    files = (paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key)
+    if all(f.exists() for f in files) and _covers(paths.server_cert, _server_addresses(extra_addresses)):
         return
     now = dt.datetime.now(dt.timezone.utc)
-    ca_key, ca_cert = _certificate_authority(now)
-    server_key, server_cert = _leaf(ca_key, ca_cert, "dcfleet server", now)
-    _write_private(paths.ca_key, _pem_key(ca_key))
+    if paths.ca_cert.exists() and paths.ca_key.exists():
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    else:
+        ca_key, ca_cert = _certificate_authority(now)
+        _write_private(paths.ca_key, _pem_key(ca_key))
+        paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_key, server_cert = _leaf(ca_key, ca_cert, "dcfleet server", now, extra_addresses)
     _write_private(paths.server_key, _pem_key(server_key))
-    paths.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _covers(cert_path: Path, addresses: list[str]) -> bool:
+    """Return whether the certificate's subjectAltName lists every address."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    listed = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    return all(str(ipaddress.ip_address(a)) in listed for a in addresses)
 
 
 def init_bus_secrets(state_dir: str | Path, host_ids: list[str]) -> BusSecretPaths:

@@ -111,8 +111,9 @@ def _add_inject_parser(commands: argparse._SubParsersAction, add_cluster_options
         "inject", help="inject a fault into a running cluster",
         description="Inject one fault into the cluster `dcfleet up` runs. Boot faults damage a host's "
         "boot bank or state, then restart the host through its BMC so the fault shows as host.boot_failed "
-        "at the next boot. memory-error marks a host frame bad. kill, pause, restart and bmc act on agent "
-        "processes, the broker and Redfish services, and are recorded as fault.injected / fault.cleared.",
+        "at the next boot. memory-error marks a host frame bad. kill, pause, restart, cut and bmc act on agent "
+        "processes, the broker, network links and Redfish services, and are recorded as fault.injected / "
+        "fault.cleared.",
     )
     kinds = inject.add_subparsers(dest="fault", metavar="FAULT", required=True)
     boot_help = {

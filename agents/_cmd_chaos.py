@@ -1,4 +1,4 @@
-"""`dcfleet chaos run`, `dcfleet check`, and the process, broker and BMC kinds of `dcfleet inject`.
+"""`dcfleet chaos run`, `dcfleet check`, and the process, broker, network and BMC kinds of `dcfleet inject`.
 
 `dcfleet inject` itself is registered in _cmd_boot.py, which adds these kinds with
 add_fault_parsers() and hands them to run_fault().
@@ -15,7 +15,7 @@ from pathlib import Path
 from ._config import ConfigError
 
 COMMANDS = ("chaos", "check")
-FAULT_KINDS = ("kill", "restart", "pause", "bmc")
+FAULT_KINDS = ("kill", "restart", "pause", "cut", "bmc")
 
 
 def _seconds(text: str) -> float:
@@ -42,6 +42,15 @@ def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
     pause.add_argument("--for", dest="duration_s", type=_seconds, default=3.0, metavar="SECONDS",
                        help="how long the process stays stopped (default: 3)")
     add_cluster_options(pause)
+    cut = kinds.add_parser(
+        "cut", help="take an agent's network link down, then up again after --for seconds (dcfleet up --netns)",
+        description="Take down the root-side end of the veth pair that joins an agent's network namespace to "
+        "the bridge, so the agent reaches neither the broker nor other agents, then bring it up again. "
+        "Needs a cluster started with `dcfleet up --netns`.")
+    cut.add_argument("target", help="agent process name: host-h1, bmc, dpu, migration or power")
+    cut.add_argument("--for", dest="duration_s", type=_seconds, default=5.0, metavar="SECONDS",
+                     help="how long the link stays down (default: 5)")
+    add_cluster_options(cut)
     bmc = kinds.add_parser("bmc", help="make a host's Redfish service respond with 500, respond slowly, or not respond at all")
     bmc.add_argument("host", help="host id, e.g. h1")
     bmc.add_argument("mode", choices=("error", "slow", "hang"),
@@ -137,6 +146,8 @@ async def _inject(args: argparse.Namespace) -> int:
             fault_id = await cluster.restart(args.target)
         elif args.fault == "pause":
             fault_id = await cluster.pause(args.target, args.duration_s)
+        elif args.fault == "cut":
+            fault_id = await cluster.cut(args.target, args.duration_s)
         else:
             fault_id = await cluster.bmc_fault(args.host, args.mode, args.duration_s, args.delay_s)
     except FaultTargetError as exc:

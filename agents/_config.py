@@ -6,6 +6,7 @@ command read it from there.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,9 @@ from typing import Any
 from ._clock import ClusterClock
 
 CONFIG_NAME = "cluster.json"
+LOOPBACK = "127.0.0.1"
+# Set by `dcfleet up --netns` for each agent process: the address of its own namespace.
+LISTEN_ADDRESS_ENV = "DCFLEET_LISTEN_ADDRESS"
 
 
 class ConfigError(ValueError):
@@ -81,6 +85,10 @@ class ClusterConfig:
     # NKey credentials per agent and TLS on the bus and Redfish (files in secrets/).
     secure: bool = False
     event_replicas: int = 1
+    # `dcfleet up --netns`: the agents' subnet and each agent process's address in it (process name to
+    # IPv4 address); empty when every process shares the loopback interface.
+    netns_subnet: str = ""
+    agent_addresses: dict[str, str] = field(default_factory=dict)
 
     @property
     def clock(self) -> ClusterClock:
@@ -95,6 +103,10 @@ class ClusterConfig:
             if host.id == host_id:
                 return host
         raise ConfigError(f"unknown host {host_id!r}; hosts are {', '.join(h.id for h in self.hosts)}")
+
+    def bmc_address(self) -> str:
+        """Address the BMC agent's Redfish services listen on."""
+        return self.agent_addresses.get("bmc", LOOPBACK)
 
     def bmc_password_file(self) -> Path:
         return Path(self.state_dir) / "secrets" / "bmc-password"
@@ -132,6 +144,17 @@ def default_state_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
     return Path(base) / "dcfleet"
+
+
+def listen_address() -> str:
+    """Address this process's servers listen on and advertise: $DCFLEET_LISTEN_ADDRESS, else 127.0.0.1."""
+    text = os.environ.get(LISTEN_ADDRESS_ENV, "")
+    if not text:
+        return LOOPBACK
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ConfigError(f"invalid {LISTEN_ADDRESS_ENV}={text!r}: expected an IPv4 address") from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from ._broker_cluster import BrokerCluster, BrokerOptions
-from ._buskeys import BusSecretPaths, init_bus_secrets
+from ._buskeys import SINGLETON_KINDS, BusSecretPaths, init_bus_secrets
 from ._config import ClusterConfig, ConfigError
+from ._netns_plan import DEFAULT_SUBNET, NetnsPlan, check_up_options, plan_netns
 from ._packed import heartbeat_interval_for, host_groups
 
 PACKED_KIND = "host-pack"
@@ -25,7 +26,18 @@ def apply_options(config: ClusterConfig, options: Any) -> ClusterConfig:
     config.secure = options.secure
     config.event_replicas = options.nats_cluster
     config.heartbeat_interval_s = options.heartbeat_interval_s or heartbeat_interval_for(len(config.hosts))
+    if options.netns:
+        check_up_options(options)
+        plan = netns_plan(config, options.hosts_per_process, options.netns_subnet)
+        config.netns_subnet = plan.subnet
+        config.agent_addresses = {name: agent.address for name, agent in plan.agents.items()}
     return config
+
+
+def netns_plan(config: ClusterConfig, hosts_per_process: int, subnet: str) -> NetnsPlan:
+    """Namespace, veth and address of every agent process of `dcfleet up --netns`."""
+    names = [name for name, _kind, _id in host_children(config, hosts_per_process)] + list(SINGLETON_KINDS)
+    return plan_netns(config.state_dir, subnet, names)
 
 
 def prepare_bus(config: ClusterConfig) -> None:
@@ -77,6 +89,12 @@ def add_up_options(up: Any) -> None:
     up.add_argument("--nats-sync", choices=("default", "always"), default="default",
                     help="JetStream disk sync: 'default' syncs every 2 minutes, so an OS crash or power loss "
                     "can lose acknowledged events; 'always' syncs before each ack (slower)")
+    up.add_argument("--netns", action="store_true",
+                    help="run every agent process in its own network namespace, joined to a bridge by a veth "
+                    "pair, with the broker on the bridge; allows `dcfleet inject cut` (Linux, root only)")
+    up.add_argument("--netns-subnet", default=DEFAULT_SUBNET, metavar="CIDR",
+                    help=f"private IPv4 subnet of the bridge and the namespaces (default: {DEFAULT_SUBNET}); "
+                    "the bridge takes its first address")
     up.add_argument("--secure", action="store_true",
                     help="give every agent its own NKey with least-privilege subject permissions, and use "
                     "TLS on the bus (files in <state dir>/secrets/); the Redfish services use HTTPS in every cluster")
@@ -90,6 +108,8 @@ def up_option_values(args: Any) -> dict[str, Any]:
         "nats_cluster": args.nats_cluster,
         "nats_sync_always": args.nats_sync == "always",
         "secure": args.secure,
+        "netns": args.netns,
+        "netns_subnet": args.netns_subnet,
     }
 
 

@@ -1,9 +1,10 @@
-"""Prometheus metrics of one agent process, served on a loopback port.
+"""Prometheus metrics of one agent process, served on a port of its listen address.
 
 Every agent in a process shares one registry; the `agent` label
 distinguishes them (a packed process runs many host agents). `serve(state_dir, name)`
 starts the HTTP endpoint and records its port in
-`<state dir>/metrics/<name>.port`, so a scraper finds every process.
+`<state dir>/metrics/<name>.port` and its URL in `<name>.url`, so a scraper
+finds every process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import proto
+
+from ._config import listen_address
 
 REGISTRY = CollectorRegistry()
 
@@ -76,13 +79,25 @@ def port_file(state_dir: str | Path, name: str) -> Path:
     return Path(state_dir) / "metrics" / f"{name}.port"
 
 
+def url_file(state_dir: str | Path, name: str) -> Path:
+    return Path(state_dir) / "metrics" / f"{name}.url"
+
+
 def serve(state_dir: str | Path, name: str) -> int:
-    """Serve /metrics on 127.0.0.1 on a free port; record the port; return it."""
-    server, _thread = prometheus_client.start_http_server(0, addr="127.0.0.1", registry=REGISTRY)
+    """Serve /metrics on a free port of this process's listen address; record the port and URL; return the port.
+
+    The address is 127.0.0.1, or the agent's namespace address under `dcfleet up --netns`.
+    """
+    address = listen_address()
+    server, _thread = prometheus_client.start_http_server(0, addr=address, registry=REGISTRY)
     port = server.server_address[1]
-    path = port_file(state_dir, name)
+    _write(port_file(state_dir, name), f"{port}\n")
+    _write(url_file(state_dir, name), f"http://{address}:{port}/metrics\n")
+    return port
+
+
+def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{port}\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
-    return port

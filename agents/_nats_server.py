@@ -52,25 +52,27 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Po
 
 
 class NatsServer:
-    """A nats-server child process with JetStream, on a loopback port."""
+    """A nats-server child process with JetStream, on a loopback port or the given address."""
 
-    def __init__(self, store_dir: Path, log_file: Path, port: int | None = None, name: str = "dcfleet") -> None:
+    def __init__(self, store_dir: Path, log_file: Path, port: int | None = None, name: str = "dcfleet",
+                 host: str = "127.0.0.1") -> None:
         self.store_dir = Path(store_dir)
         self.log_file = Path(log_file)
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.name = name
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
             find_nats_server(),
-            "--addr", "127.0.0.1",
+            "--addr", self.host,
             "--port", str(self.port),
             "--jetstream",
             "--store_dir", str(self.store_dir),
@@ -86,7 +88,7 @@ class NatsServer:
             start_new_session=True,
         )
         try:
-            wait_for_port("127.0.0.1", self.port, timeout_s, self.process)
+            wait_for_port(self.host, self.port, timeout_s, self.process)
         except NatsServerError:
             self.stop()
             raise

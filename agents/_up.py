@@ -19,11 +19,12 @@ import structlog
 import proto
 from proto import subjects
 
-from . import _bus, _fleet
+from . import _bus, _fleet, _netns
 from ._agent import ensure_event_stream
-from ._config import ClusterConfig, ConfigError, HostConfig, PowerConfig, VmConfig, pid_alive
+from ._config import LISTEN_ADDRESS_ENV, ClusterConfig, ConfigError, HostConfig, PowerConfig, VmConfig, pid_alive
 from ._broker_cluster import wait_for_jetstream
-from ._nats_server import NatsServer, free_port
+from ._nats_server import NatsServer
+from ._netns_plan import DEFAULT_SUBNET, NetnsPlan
 from ._process import set_parent_death_signal
 from ._restarter import Restarter
 from ._supervise import PidRegistry, ProcessEntry
@@ -61,6 +62,8 @@ class UpOptions:
     hosts_per_process: int = 1
     heartbeat_interval_s: float | None = None
     arch: str = "aarch64"  # aarch64, x86_64 or mixed (alternating by host)
+    netns: bool = False
+    netns_subnet: str = DEFAULT_SUBNET
 
 
 @dataclass
@@ -172,11 +175,15 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.summary: Summary | None = None
         self.stop_reason = ""
+        self.netns: NetnsPlan | None = None
 
     async def run(self) -> int:
         check_not_running(self.options.state_dir)
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
         config = self.config = build_config(self.options)
+        if self.options.netns:
+            _netns.preflight()
+            self.netns = _fleet.netns_plan(config, self.options.hosts_per_process, self.options.netns_subnet)
         prepare_state(config)
         clear_run_state(config)
         loop = asyncio.get_running_loop()
@@ -197,9 +204,12 @@ class Supervisor:
         self.stopping.set()
 
     async def _start(self, config: ClusterConfig) -> None:
+        if self.netns is not None:
+            await asyncio.to_thread(self._create_netns, self.netns)
         if not self.options.nats_url:
             self.server = _fleet.make_brokers(config, self.options) or NatsServer(
-                Path(config.store_dir), Path(config.state_dir) / "logs" / "nats-server.log")
+                Path(config.store_dir), Path(config.state_dir) / "logs" / "nats-server.log",
+                host=self.netns.bridge_address if self.netns is not None else "127.0.0.1")
             await asyncio.to_thread(self.server.start)
             config.nats_url = self.server.url
             config.nats_urls = list(getattr(self.server, "urls", []))
@@ -216,6 +226,18 @@ class Supervisor:
         await self._spawn("dpu", "dpu", "dpu")
         await self._spawn("migration", "migration", "migration")
         await self._spawn("power", "power", "power")
+
+    def _create_netns(self, plan: NetnsPlan) -> None:
+        """Delete what an earlier run on this state dir left, then create the bridge and namespaces."""
+        assert self.config is not None
+        leftovers = _netns.delete(self.config.state_dir)
+        if leftovers:
+            self.note(f"dcfleet: deleted {len(leftovers)} namespaces and links left by an earlier run: "
+                      f"{', '.join(leftovers)}")
+        _netns.check_subnet_free(plan)
+        _netns.create(self.config.state_dir, plan)
+        print(f"dcfleet: {len(plan.agents)} network namespaces {plan.namespace_prefix}*, bridge {plan.bridge} "
+              f"{plan.bridge_address}/{plan.prefix_length}", flush=True)
 
     async def _reset_event_stream(self, url: str) -> None:
         """Give this run a fresh event history: each `up` replaces the previous one."""
@@ -236,20 +258,33 @@ class Supervisor:
     async def _spawn(self, name: str, kind: str, agent_id: str) -> None:
         assert self.config is not None
         log_path = Path(self.config.state_dir) / "logs" / f"{name}.log"
+        command, env = self._agent_command(name, kind, agent_id)
         log_file = open(log_path, "ab")
         try:
+            # The parent-death signal survives the exec of `ip netns exec` and its exec of Python.
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agents", *_fleet.agent_argv(kind, agent_id),
-                "--state-dir", self.config.state_dir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                preexec_fn=set_parent_death_signal, start_new_session=True,
-                # aiohttp's C parser returns 400 for unknown HTTP methods; Redfish needs 405 or 501.
-                env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"} if kind == "bmc" else None,
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                preexec_fn=set_parent_death_signal, start_new_session=True, env=env,
             )
         finally:
             log_file.close()
         self.children.append(Child(name, kind, process, log_path))
         PidRegistry(self.config.state_dir).record(ProcessEntry(name, kind, agent_id, process.pid))
+
+    def _agent_command(self, name: str, kind: str, agent_id: str) -> tuple[list[str], dict[str, str] | None]:
+        """Command line and environment (None: this process's) of one agent process."""
+        assert self.config is not None
+        command = [sys.executable, "-m", "agents", *_fleet.agent_argv(kind, agent_id),
+                   "--state-dir", self.config.state_dir]
+        env: dict[str, str] = {}
+        if kind == "bmc":
+            # aiohttp's C parser returns 400 for unknown HTTP methods; Redfish needs 405 or 501.
+            env["AIOHTTP_NO_EXTENSIONS"] = "1"
+        if self.netns is not None:
+            agent = self.netns.agents[name]
+            command = _netns.exec_prefix(agent.namespace) + command
+            env[LISTEN_ADDRESS_ENV] = agent.address
+        return command, ({**os.environ, **env} if env else None)
 
     def note(self, text: str) -> None:
         """Print a supervisor message to stderr, below the live summary."""
@@ -295,16 +330,29 @@ class Supervisor:
         # Decision makers first, so no new work starts while hosts go down.
         first = [c for c in self.children if c.kind in ("power", "migration")]
         rest = [c for c in self.children if c not in first]
-        await self._stop_children(first)
-        await self._stop_children(rest)
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
+        try:
+            await self._stop_children(first)
+            await self._stop_children(rest)
+            if self.server is not None:
+                await asyncio.to_thread(self.server.stop)
+        finally:
+            if self.netns is not None:
+                await self._delete_netns(config)
         config.running = False
         try:
             config.save()
         except OSError as exc:
             print(f"dcfleet: cannot update {config.path}: {exc}", file=sys.stderr)
         print("dcfleet: cluster stopped", flush=True)
+
+    async def _delete_netns(self, config: ClusterConfig) -> None:
+        try:
+            deleted = await asyncio.to_thread(_netns.delete, config.state_dir)
+        except ConfigError as exc:
+            print(f"dcfleet: cannot delete the network namespaces: {exc}; the next `dcfleet up --netns "
+                  f"--state-dir {config.state_dir}` deletes them", file=sys.stderr, flush=True)
+            return
+        print(f"dcfleet: deleted {len(deleted)} network namespaces and links", flush=True)
 
     async def _stop_children(self, children: list[Child]) -> None:
         for child in children:

@@ -1,11 +1,15 @@
-"""Helpers shared by tests: process lookup, the dcfleet command, event waits."""
+"""Helpers shared by tests: process lookup, the dcfleet command, event waits, the netns skip mark."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import proto
 
@@ -43,3 +47,18 @@ async def next_event(subscription, event_type: str, timeout_s: float = 20.0, **m
         envelope = proto.decode(msg.data)
         if envelope.type == event_type and all(envelope.data.get(k) == v for k, v in match.items()):
             return envelope
+
+
+def netns_unavailable() -> str:
+    """Why this machine cannot run `dcfleet up --netns`, or "" when it can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip command of iproute2 is not installed"
+    result = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"`ip netns list` failed: {result.stderr.strip()}"
+    return ""
+
+
+needs_netns = pytest.mark.skipif(bool(netns_unavailable()), reason=netns_unavailable() or "available")

@@ -37,6 +37,16 @@ def test_smoke_history_records_faults_and_restarts(smoke_run):
     assert types.count("broker.restarted") == 1
 
 
+def test_smoke_provisions_reach_terminal_event(smoke_run):
+    state, result = smoke_run
+    assert "3 actions started, 0 failed to start" in result.stdout
+    events = read_events(state)
+    started = {e["data"]["provision"] for e in events if e["type"] == "dpu.provision_started"}
+    ended = {e["data"]["provision"] for e in events if e["type"] in ("dpu.provisioned", "dpu.provision_failed")}
+    assert len(started) == 3
+    assert ended == started
+
+
 def test_check_of_stopped_cluster_is_clean(smoke_run):
     state, _ = smoke_run
     result = subprocess.run(dcfleet_command("check", "--state-dir", str(state)),

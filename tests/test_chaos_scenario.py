@@ -90,3 +90,62 @@ def test_scenario_rejects_unknown_key(raw, key):
     with pytest.raises(ScenarioError) as info:
         parse_scenario(raw)
     assert key in str(info.value)
+
+
+def test_cut_needs_netns():
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario({"run": {"duration_s": 30}, "fault": [{"at_s": 1, "kind": "cut", "target": "bmc"}]})
+    assert info.value.key == "fault"
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario({"random": {"count": 2, "kinds": ["cut"]}})
+    assert info.value.key == "random.kinds"
+
+
+def test_random_cuts_use_cut_range():
+    scenario = parse_scenario({
+        "workload": {"netns": True, "netns_subnet": "10.213.5.0/24"},
+        "run": {"duration_s": 40},
+        "random": {"count": 20, "kinds": ["cut", "pause"], "targets": ["host-*"], "pause_s": [1, 1.5],
+                   "cut_s": [5, 6]},
+    })
+    faults = plan(scenario, 2)
+    cuts = [f for f in faults if f.kind == "cut"]
+    pauses = [f for f in faults if f.kind == "pause"]
+    assert cuts and pauses
+    assert all(5 <= f.duration_s <= 6 for f in cuts)
+    assert all(1 <= f.duration_s <= 1.5 for f in pauses)
+    assert scenario.netns_subnet == "10.213.5.0/24"
+
+
+def test_fixed_cut_needs_duration():
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario({"workload": {"netns": True}, "run": {"duration_s": 30},
+                        "fault": [{"at_s": 1, "kind": "cut", "target": "bmc", "duration_s": 0}]})
+    assert info.value.key == "fault[0].duration_s"
+
+
+def test_actions_parsed_in_time_order():
+    scenario = parse_scenario({"run": {"duration_s": 30}, "action": [
+        {"at_s": 9, "kind": "provision-dpu", "host": "h2"},
+        {"at_s": 3, "kind": "provision-dpu", "host": "h1", "image": "bf3-mgmt-os-2.1.0"},
+    ]})
+    assert [(a.at_s, a.host, a.image) for a in scenario.actions] == [(3.0, "h1", "bf3-mgmt-os-2.1.0"),
+                                                                      (9.0, "h2", "")]
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"action": [{"at_s": 1, "kind": "reboot", "host": "h1"}]}, "action[0].kind"),
+    ({"action": [{"at_s": 1, "kind": "provision-dpu", "host": "h9"}]}, "action[0].host"),
+    ({"action": [{"at_s": 99, "kind": "provision-dpu", "host": "h1"}]}, "action[0].at_s"),
+    ({"action": [{"at_s": 1, "kind": "provision-dpu", "host": "h1", "image": 3}]}, "action[0].image"),
+    ({"action": [{"at_s": 1, "kind": "provision-dpu", "hosts": "h1"}]}, "action[0].hosts"),
+    ({"action": {"at_s": 1}}, "action"),
+    ({"workload": {"netns": "yes"}}, "workload.netns"),
+    ({"workload": {"netns_subnet": "10.213.5.0/24"}}, "workload.netns_subnet"),
+    ({"workload": {"netns": True, "netns_subnet": "10.213.5.1/24"}}, "workload.netns_subnet"),
+    ({"random": {"count": 3, "cut_s": [2, "x"]}}, "random.cut_s"),
+])
+def test_invalid_action_or_netns_rejected(raw, key):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario(raw, "s.toml")
+    assert error.value.key == key

@@ -254,11 +254,40 @@ def test_terminal_without_start():
     assert invariants(check_events(h.events)) == ["command"]
 
 
+def provision_started(h, provision, host="h1"):
+    return h.add("dpu.provision_started", sender=f"host.{host}", provision=provision, host=host, dpu=f"{host}-dpu",
+                 image="bf3-mgmt-os-2.2.0", version="2.2.0", monotonic_count=2, image_uri="http://x/c.cap")
+
+
 def test_dpu_provision_without_outcome_after_restart():
     h = clean_history()
-    h.add("dpu.provision_started", sender="dpu", dpu="h1-dpu", task="t1")
-    h.add("agent.started", sender="dpu", agent="dpu", kind="dpu", pid=9)
-    assert invariants(check_events(h.events)) == ["command"]
+    provision_started(h, "p1")
+    h.add("agent.started", sender="host.h1", agent="host.h1", kind="host", pid=9)
+    report = check_events(h.events)
+    assert invariants(report) == ["command"]
+    assert "owner (host.h1)" in report.violations[0].message
+
+
+def test_dpu_provision_owned_by_its_host_only():
+    h = clean_history()
+    provision_started(h, "p1")
+    h.add("agent.started", sender="host.h2", agent="host.h2", kind="host", pid=9)
+    h.add("agent.started", sender="dpu", agent="dpu", kind="dpu", pid=10)
+    report = check_events(h.events)
+    assert report.violations == []
+    assert [u.key for u in report.unfinished] == ["p1"]
+
+
+def test_dpu_provisions_keyed_by_provision_id():
+    h = clean_history()
+    provision_started(h, "p1")
+    h.add("dpu.provision_failed", sender="host.h1", provision="p1", host="h1", dpu="h1-dpu", image="i", reason="x")
+    provision_started(h, "p2")
+    h.add("dpu.provisioned", sender="host.h1", provision="p2", host="h1", dpu="h1-dpu", image="i", version="2.2.0",
+          task_uri="/t")
+    report = check_events(h.events)
+    assert report.violations == []
+    assert report.unfinished == []
 
 
 def test_sequence_gap():

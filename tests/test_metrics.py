@@ -39,6 +39,7 @@ def test_serve_records_port_and_answers(tmp_path):
     _metrics.message_sent("host.m3", "command")
     port = _metrics.serve(tmp_path, "host:m3")
     assert int(_metrics.port_file(tmp_path, "host:m3").read_text()) == port
+    assert _metrics.url_file(tmp_path, "host:m3").read_text() == f"http://127.0.0.1:{port}/metrics\n"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'dcfleet_messages_out_total{agent="host.m3",kind="command"}' in body

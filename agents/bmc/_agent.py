@@ -60,10 +60,11 @@ class BmcAgent(Agent):
             self.log.warning("bmc.c_http_parser", detail="AIOHTTP_NO_EXTENSIONS is not set: unknown HTTP "
                              "methods get 400 instead of 405")
         await self.serve(BMC_FAULT_SUBJECT, {proto.BmcFault: self.on_fault})
+        address = self.config.bmc_address()
         for host in self.config.hosts:
-            service = await redfish.serve(self._app(host), "127.0.0.1", host.bmc_port, ssl_context=self.tls)
+            service = await redfish.serve(self._app(host), address, host.bmc_port, ssl_context=self.tls)
             self.services.append(service)
-            self.log.info("bmc.listening", host=host.id, url=f"https://127.0.0.1:{service.port}")
+            self.log.info("bmc.listening", host=host.id, url=f"https://{address}:{service.port}")
 
     async def on_fault(self, message: proto.BmcFault, _msg: Any) -> dict[str, Any]:
         try:

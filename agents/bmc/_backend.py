@@ -7,13 +7,16 @@ command carries its path and SHA-256), because capsules can exceed the broker's 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import proto
+from agents import capsule
 from proto import subjects
 
 from agents.redfish import (
@@ -37,6 +40,9 @@ STATUS_TIMEOUT_S = 2.0
 RESET_TIMEOUT_S = 10.0
 # Covers verification, writing the slot and booting the new OS on the DPU agent.
 INSTALL_TIMEOUT_S = 120.0
+# How long the BMC waits for the DPU agent's reply to an install before it requests the DPU's status instead.
+INSTALL_REPLY_TIMEOUT_S = 20.0
+INSTALL_POLL_S = 0.5
 DPU_OS_SUFFIX = "_os"
 # Redfish Status.State of a DPU for each DPU agent state.
 DPU_STATUS_STATES = {"Running": "Enabled", "Updating": "Updating", "Booting": "Starting"}
@@ -116,16 +122,38 @@ class BusBackend:
             _report_progress(msg, dpu_id, progress_cb)
 
         subscription = await self.agent.nc.subscribe(subjects.event(proto.DpuStateChanged.TYPE), cb=on_state)
+        deadline = time.monotonic() + INSTALL_TIMEOUT_S
         try:
             await self._request(dpu_id, subjects.dpu_command(dpu_id, "install"), proto.DpuInstall(
                 dpu=dpu_id, capsule_path=str(path), capsule_sha256=hashlib.sha256(capsule_bytes).hexdigest()),
-                INSTALL_TIMEOUT_S)
+                INSTALL_REPLY_TIMEOUT_S)
         except CommandFailed as exc:
             raise InstallFailed(target, exc.error) from None
+        except BackendUnavailable as exc:
+            # The command or its reply may have been lost (a network cut); the DPU's status shows which.
+            monotonic_count = capsule.decode_capsule(capsule_bytes).monotonic_count
+            if not await self._installed_after_lost_reply(dpu_id, monotonic_count, deadline):
+                raise InstallFailed(target, f"{exc.reason}, and the DPU did not install the capsule") from None
         finally:
             await subscription.unsubscribe()
             path.unlink(missing_ok=True)
         progress_cb(100)
+
+    async def _installed_after_lost_reply(self, dpu_id: str, monotonic_count: int, deadline: float) -> bool:
+        """Wait until the DPU runs an OS again; return whether it installed the capsule of `monotonic_count`."""
+        while time.monotonic() < deadline:
+            try:
+                status = await self._dpu_status(dpu_id)
+            except BackendUnavailable:
+                await asyncio.sleep(INSTALL_POLL_S)
+                continue
+            if status.get("state") == "Running":
+                installed = int(status.get("monotonic_count", 0)) >= monotonic_count
+                self.agent.log.info("bmc.install_checked", dpu=dpu_id, installed=installed,
+                                    monotonic_count=status.get("monotonic_count"))
+                return installed
+            await asyncio.sleep(INSTALL_POLL_S)
+        return False
 
     def _store_capsule(self, dpu_id: str, capsule_bytes: bytes) -> Path:
         """Write the capsule where the DPU agent reads it (agents.dpu._os.OsStore.incoming)."""

@@ -5,7 +5,8 @@ Files under the cluster's state dir:
   secrets/bmc-operator-password    the operator account (Operator: Reset and SimpleUpdate)
   secrets/bmc-readonly-password    the readonly account (ReadOnly)
   secrets/tls/ca.pem               the cluster CA; clients of the BMCs verify against it
-  secrets/tls/server.pem, .key     the certificate every BMC serves HTTPS with (127.0.0.1, localhost)
+  secrets/tls/server.pem, .key     the certificate every BMC serves HTTPS with (127.0.0.1, localhost,
+                                   and the BMC's namespace address under `dcfleet up --netns`)
   keys/capsule/                    the capsule signing keys (see agents._capsule_keys)
 
 The CA and server certificate are the bus's TLS files from agents._buskeys, so a
@@ -68,7 +69,9 @@ def prepare_bmc_material(config: ClusterConfig) -> None:
             fd = os.open(account_.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as file:
                 file.write(secrets.token_urlsafe(16) + "\n")
-    write_tls(BusSecretPaths.of(config.state_dir))
+    # Under --netns the BMC listens on its namespace address, which clients verify against the certificate.
+    extra = (config.bmc_address(),) if config.agent_addresses else ()
+    write_tls(BusSecretPaths.of(config.state_dir), extra)
     ensure_capsule_keys(config.state_dir)
 
 

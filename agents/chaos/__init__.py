@@ -7,12 +7,24 @@
 
 from ._cluster import Cluster, FaultTargetError
 from ._runner import RunResult, inject, run_scenario
-from ._scenario import KINDS, PlannedFault, Scenario, ScenarioError, load_scenario, parse_scenario, plan
+from ._scenario import (
+    ACTION_KINDS,
+    KINDS,
+    PlannedAction,
+    PlannedFault,
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    plan,
+)
 
 __all__ = [
+    "ACTION_KINDS",
     "KINDS",
     "Cluster",
     "FaultTargetError",
+    "PlannedAction",
     "PlannedFault",
     "RunResult",
     "Scenario",

@@ -7,7 +7,8 @@
 
 Processes are found through the pid file `dcfleet up` keeps in the state dir.
 Every fault is stored as `fault.injected` before it acts and `fault.cleared`
-when it ends (a resumed process, a restarted one, a BMC responding again).
+when it ends (a resumed process, a restarted one, a BMC responding again, a
+network link up again).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import nats
 
 import proto
 
+from .. import _netns
 from .._client import ClusterClient
 from .._config import ClusterConfig, ConfigError, pid_alive
 from .._supervise import PidRegistry, ProcessEntry, retry
@@ -129,6 +131,41 @@ class Cluster:
             _send(entry.pid, signal.SIGCONT)
         await self._cleared("pause", target, fault_id, "resumed")
         return fault_id
+
+    # ---- network faults ---------------------------------------------------------------
+
+    async def cut(self, target: str, duration_s: float) -> str:
+        """Cut an agent process off the bridge for duration_s seconds, then restore it.
+
+        Takes the root-side end of the agent's veth pair down, so the agent
+        reaches neither the broker nor other agents, and they do not reach it.
+        Needs a cluster started with `dcfleet up --netns`.
+        """
+        if not duration_s > 0:
+            raise ValueError(f"duration_s must be greater than 0, got {duration_s}")
+        link = self.agent_link(target)
+        fault_id = await self._injected("cut", target, link=link, duration_s=duration_s)
+        await asyncio.to_thread(_netns.set_link, link, False)
+        try:
+            await asyncio.sleep(duration_s)
+        finally:
+            # Synchronous, so it runs even when cancelled: a link left down would cut the agent for good.
+            _netns.set_link(link, True)
+        await self._cleared("cut", target, fault_id, f"link {link} up")
+        return fault_id
+
+    def agent_link(self, target: str) -> str:
+        """Return the root-side veth of an agent process's namespace."""
+        plan = _netns.read_record(self.config.state_dir)
+        if plan is None:
+            raise ConfigError(f"the cluster in {self.config.state_dir} was not started with `dcfleet up --netns`, "
+                              "so its agents share one network namespace and cannot be cut apart")
+        if target == "broker":
+            raise ConfigError("the broker runs in the root namespace, on the bridge every agent uses; "
+                              f"cut an agent instead: {', '.join(sorted(plan.agents))}")
+        if target not in plan.agents:
+            raise FaultTargetError(target, sorted(plan.agents))
+        return plan.agents[target].link
 
     # ---- BMC faults -----------------------------------------------------------------
 

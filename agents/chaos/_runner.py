@@ -1,4 +1,4 @@
-"""Run a scenario: a fresh `dcfleet up` child, its fault schedule, then the history checker."""
+"""Run a scenario: a fresh `dcfleet up` child, its fault and action schedule, then the history checker."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import proto
+from proto import subjects
+
+from .._agent import CommandFailed, CommandTimeout
 from .._config import ClusterConfig, ConfigError, pid_alive
 from .._process import set_parent_death_signal
 from .._supervise import PidRegistry
 from ..checker import check_events, print_report, read_stream
 from ._cluster import Cluster, FaultTargetError
-from ._scenario import BMC_KINDS, PlannedFault, Scenario, plan
+from ._scenario import BMC_KINDS, PlannedAction, PlannedFault, Scenario, plan
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 90.0
+# How long an action's command waits for the agent's reply (a provision replies once it has started).
+ACTION_REPLY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -28,20 +34,25 @@ class RunResult:
     faults_failed: int
     violations: int
     exit_status: int
+    actions_planned: int = 0
+    actions_failed: int = 0
 
 
 async def run_scenario(scenario: Scenario, seed: int, state_dir: Path, out: TextIO = sys.stdout) -> RunResult:
     faults = plan(scenario, seed)
-    out.write(f"chaos: scenario {scenario.path}, seed {seed}: {len(faults)} faults over {scenario.duration_s:g} s "
-              f"on {scenario.hosts} hosts; state dir {state_dir}\n")
+    actions = f", {len(scenario.actions)} actions" if scenario.actions else ""
+    out.write(f"chaos: scenario {scenario.path}, seed {seed}: {len(faults)} faults{actions} over "
+              f"{scenario.duration_s:g} s on {scenario.hosts} hosts; state dir {state_dir}\n")
     out.flush()
     up = await _start_up(scenario, state_dir)
-    injected = failed = 0
+    injected = failed = actions_failed = 0
     try:
         await _wait_ready(up, state_dir, len(scenario.agent_names()))
         cluster = await Cluster.attach(state_dir)
         try:
-            injected, failed = await _play(cluster, faults, scenario, out)
+            played = await asyncio.gather(_play(cluster, faults, scenario, out),
+                                          _act(cluster, scenario.actions, out))
+            (injected, failed), actions_failed = played
         finally:
             await cluster.close()
     finally:
@@ -49,10 +60,13 @@ async def run_scenario(scenario: Scenario, seed: int, state_dir: Path, out: Text
     out.write("chaos: cluster stopped; checking the stored history\n")
     report = check_events(await read_stream(str(state_dir), None))
     print_report(report, out)
-    status = 0 if report.ok and failed == 0 else 1
-    out.write(f"chaos: {injected} faults injected, {failed} could not be injected, "
+    status = 0 if report.ok and failed == 0 and actions_failed == 0 else 1
+    started = f", {len(scenario.actions) - actions_failed} actions started, {actions_failed} failed to start" \
+        if scenario.actions else ""
+    out.write(f"chaos: {injected} faults injected, {failed} could not be injected{started}, "
               f"{len(report.violations)} violations\n")
-    return RunResult(len(faults), injected, failed, len(report.violations), status)
+    return RunResult(len(faults), injected, failed, len(report.violations), status,
+                     len(scenario.actions), actions_failed)
 
 
 async def _start_up(scenario: Scenario, state_dir: Path) -> asyncio.subprocess.Process:
@@ -62,6 +76,8 @@ async def _start_up(scenario: Scenario, state_dir: Path) -> asyncio.subprocess.P
                "--power-interval", f"{scenario.power_interval_s:g}", "--vm-memory", scenario.vm_memory]
     if scenario.vms is not None:
         command += ["--vms", str(scenario.vms)]
+    if scenario.netns:
+        command += ["--netns"] + (["--netns-subnet", scenario.netns_subnet] if scenario.netns_subnet else [])
     log = open(state_dir / "up.out", "ab")
     try:
         return await asyncio.create_subprocess_exec(
@@ -120,6 +136,34 @@ async def _play(cluster: Cluster, faults: list[PlannedFault], scenario: Scenario
     return results.count(True), results.count(False)
 
 
+async def _act(cluster: Cluster, actions: list[PlannedAction], out: TextIO) -> int:
+    """Send each action's command at its time; return how many the cluster did not accept."""
+    started = time.monotonic()
+    failed = 0
+    for action in actions:
+        await asyncio.sleep(max(0.0, started + action.at_s - time.monotonic()))
+        prefix = f"chaos: t+{time.monotonic() - started:6.1f}s {action.kind} {action.host}"
+        try:
+            result = await act(cluster, action)
+        except (CommandFailed, CommandTimeout) as exc:
+            out.write(f"{prefix} failed: {exc}\n")
+            failed += 1
+        else:
+            out.write(f"{prefix}: {result}\n")
+        out.flush()
+    return failed
+
+
+async def act(cluster: Cluster, action: PlannedAction) -> str:
+    """Send one action's command and return what the cluster accepted. Its outcome arrives as events."""
+    if action.kind == "provision-dpu":
+        reply = await cluster.client.request(subjects.host_command(action.host, "provision_dpu"),
+                                             proto.HostProvisionDpu(image=action.image), ACTION_REPLY_TIMEOUT_S)
+        provisions = reply.get("provisions", [])
+        return ", ".join(f"provision {p['provision']} of {p['dpu']} with {p['image']}" for p in provisions)
+    raise ValueError(f"unknown action kind {action.kind!r}")
+
+
 async def inject(cluster: Cluster, fault: PlannedFault) -> str:
     """Carry out one planned fault and wait until it is cleared."""
     if fault.kind in ("kill", "broker-kill"):
@@ -128,6 +172,8 @@ async def inject(cluster: Cluster, fault: PlannedFault) -> str:
         return await cluster.restart(fault.target)
     if fault.kind in ("pause", "broker-pause"):
         return await cluster.pause(fault.target, fault.duration_s)
+    if fault.kind == "cut":
+        return await cluster.cut(fault.target, fault.duration_s)
     if fault.kind in BMC_KINDS:
         mode = fault.kind.removeprefix("bmc-")
         delay_s = fault.duration_s / 2 if mode == "slow" else 0.0

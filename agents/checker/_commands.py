@@ -1,8 +1,10 @@
 """Accepted commands and the events that end them.
 
 Each row names the event that accepts a command, how to key it, which events
-end it and which agent kind owns it. A new kind of command (a DPU provisioning,
-say) is one more row.
+end it and which agent owns it: every agent of a kind, or only the agent that
+published the start event. A command whose owner restarted after accepting it
+and that never ended is a violation; the owner must end it (see
+agents._recovery and agents.host._provision_journal).
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ class CommandKind:
     # Whether a start event is an accepted command at all (a power
     # recommendation is one only when the manager carries it out).
     accepted: Callable[[dict[str, Any]], bool] = lambda data: True
+    # Whether only the agent that published the start event owns the command
+    # (a host's provision), rather than any agent of owner_kind.
+    owner_is_sender: bool = False
 
 
 def _power_key(data: dict[str, Any]) -> str:
     return f"{data.get('action')}:{data.get('host')}"
-
-
-def _dpu_key(data: dict[str, Any]) -> str:
-    return str(data.get("task") or data.get("dpu"))
 
 
 COMMAND_KINDS: tuple[CommandKind, ...] = (
@@ -49,11 +50,13 @@ COMMAND_KINDS: tuple[CommandKind, ...] = (
         accepted=lambda data: bool(data.get("carried_out")),
     ),
     CommandKind(
+        # The host agent's installer runs the provision, through the BMC and the DPU agent.
         name="dpu-provision",
         start_type="dpu.provision_started",
         terminal_types=("dpu.provisioned", "dpu.provision_failed"),
-        owner_kind="dpu",
-        key=_dpu_key,
+        owner_kind="host",
+        key=lambda data: str(data.get("provision")),
+        owner_is_sender=True,
     ),
 )
 

@@ -67,6 +67,7 @@ class _Checker:
         self.lost_to_power: dict[str, list[Event]] = defaultdict(list)
         self.pending: dict[tuple[str, str], Event] = {}
         self.owner_starts: dict[str, list[Event]] = defaultdict(list)
+        self.agent_starts: dict[str, list[Event]] = defaultdict(list)
         self.reported_heartbeat: set[tuple[str, str, str]] = set()
         self.starts = kinds_by_start()
         self.terminals = kinds_by_terminal()
@@ -106,6 +107,7 @@ class _Checker:
 
     def on_agent_started(self, event: Event, data: dict[str, Any]) -> None:
         self.owner_starts[str(data.get("kind"))].append(event)
+        self.agent_starts[str(data.get("agent"))].append(event)
 
     def on_host_booted(self, event: Event, data: dict[str, Any]) -> None:
         self._set_trust(event, True)
@@ -238,9 +240,11 @@ class _Checker:
         owners = {kind.name: kind for kind in COMMAND_KINDS}
         for (name, key), start in sorted(self.pending.items(), key=lambda item: item[1].seq):
             kind: CommandKind = owners[name]
-            restarts = [e for e in self.owner_starts.get(kind.owner_kind, []) if e.seq > start.seq]
+            owner = start.source if kind.owner_is_sender else kind.owner_kind
+            starts = self.agent_starts.get(owner, []) if kind.owner_is_sender else self.owner_starts.get(owner, [])
+            restarts = [e for e in starts if e.seq > start.seq]
             if restarts:
-                self.violate("command", f"{name} {key} never ended, though its owner ({kind.owner_kind}) "
+                self.violate("command", f"{name} {key} never ended, though its owner ({owner}) "
                              "restarted after accepting it", start, restarts[0])
             else:
                 self.report.unfinished.append(Unfinished(name, key, start))

@@ -80,6 +80,7 @@ class HostAgent(MigrationSourceMixin, MigrationDestinationMixin, GuestMemoryMixi
         self._restart_leases()
         self.spawn(self.run_guests(), "guests")
         await self.serve(subjects.host_commands(self.id), handlers)
+        self.spawn(self.dpu_installer.recover(), "recover DPU provisions")
         if self.power_state == "On":
             self._boot_task = self.spawn(self.boot(), "boot")
         self.spawn(self.heartbeat_loop(), "heartbeat")

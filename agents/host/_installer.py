@@ -7,12 +7,19 @@ hands the URI to the BMC with `UpdateService.SimpleUpdate` (Targets: the DPU's u
 FirmwareInventory entry). It follows the task monitor until the task ends and publishes
 `dpu.provision_started`, `dpu.provision_progress`, then `dpu.provisioned` or
 `dpu.provision_failed`.
+
+Each provision is kept in a ProvisionJournal until its terminal event is
+published, so a restarted host agent ends the provisions of its previous
+process: it follows the BMC task to its end when SimpleUpdate had been
+accepted, and reports the provision failed otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +32,10 @@ from agents import capsule
 from .. import _bus
 from .._agent import HandlerError
 from .._capsule_keys import load_signer, next_monotonic_count
-from .._config import ConfigError
+from .._config import ConfigError, listen_address
 from ..bmc._material import account, read_password
 from ._dpu_catalog import CatalogError, CatalogImage, ImageNotFound, choose_image, load_catalog
+from ._provision_journal import OpenProvision, ProvisionJournal
 
 if TYPE_CHECKING:
     from .._agent import Agent
@@ -37,6 +45,13 @@ REDFISH_TIMEOUT_S = 15.0
 TASK_POLL_S = 0.5
 # Maximum time a provision follows one BMC task before it reports the task as stuck.
 TASK_TIMEOUT_S = 600.0
+# How long a provision request keeps asking an unavailable BMC for its DPUs. With REDFISH_TIMEOUT_S per
+# request, the reply stays within the 30 s that `dcfleet provision-dpu` waits.
+LIST_RETRY_S = 8.0
+LIST_RETRY_WAIT_S = 1.0
+# How long the task monitor may stay unavailable (a network cut, a BMC restarting or failing) before the
+# provision fails.
+BMC_UNAVAILABLE_S = 60.0
 FINAL_TASK_STATES = ("Completed", "Killed", "Exception", "Cancelled")
 
 
@@ -47,6 +62,10 @@ class ProvisionFailed(Exception):
         self.reason = reason
         self.task_state = task_state
         super().__init__(reason)
+
+
+class BmcUnavailable(ProvisionFailed):
+    """A Redfish request got no response (connection failed, timed out) or a 5xx one; a later one may succeed."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class DpuInstaller:
         self.runner: web.AppRunner | None = None
         self.base_url = ""
         self.busy: set[str] = set()
+        self.journal = ProvisionJournal(agent.config.state_dir, host_id)
 
     # ---- entry point ---------------------------------------------------------------
 
@@ -81,7 +101,7 @@ class DpuInstaller:
         try:
             catalog = load_catalog()
             async with self._redfish() as http:
-                targets = await self._list_dpus(http)
+                targets = await self._list_dpus_retrying(http)
         except (CatalogError, ConfigError, ProvisionFailed) as exc:
             raise HandlerError(f"cannot provision the DPUs of {self.host_id}: {exc}") from None
         if not targets:
@@ -107,40 +127,78 @@ class DpuInstaller:
             await self.runner.cleanup()
             self.runner = None
 
+    async def recover(self) -> None:
+        """End the provisions that this host's previous agent process started and did not end."""
+        for entry in await asyncio.to_thread(self.journal.open_provisions):
+            data = entry.started.data
+            dpu_id = str(data.get("dpu", ""))
+            self.busy.add(dpu_id)
+            self.agent.log.info("dpu.provision_resumed", provision=entry.provision_id, dpu=dpu_id,
+                                task=entry.task_uri)
+            steps = self._resume(entry)
+            self.agent.spawn(self._conclude(entry.provision_id, dpu_id, str(data.get("image", "")), steps),
+                             f"resume provision {dpu_id}")
+
     # ---- one DPU -------------------------------------------------------------------
 
     async def _run(self, provision: Provision) -> None:
-        log = self.agent.log.bind(provision=provision.provision_id, dpu=provision.target.dpu_id,
-                                  image=provision.image.name)
+        await self._conclude(provision.provision_id, provision.target.dpu_id, provision.image.name,
+                             self._provision(provision))
+
+    async def _conclude(self, provision_id: str, dpu_id: str, image: str, steps: Awaitable[tuple[str, str]]) -> None:
+        """Await a provision's steps and publish its terminal event; then forget it."""
+        log = self.agent.log.bind(provision=provision_id, dpu=dpu_id, image=image)
+        ids = {"provision": provision_id, "host": self.host_id, "dpu": dpu_id, "image": image}
         try:
-            task_uri, version = await self._provision(provision)
+            task_uri, version = await steps
         except ProvisionFailed as exc:
             log.warning("dpu.provision_failed", reason=exc.reason, task_state=exc.task_state)
-            await self.agent.publish(proto.DpuProvisionFailed(
-                provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
-                image=provision.image.name, reason=exc.reason, task_state=exc.task_state))
+            await self.agent.publish(proto.DpuProvisionFailed(**ids, reason=exc.reason, task_state=exc.task_state))
         else:
             log.info("dpu.provisioned", version=version, task=task_uri)
-            await self.agent.publish(proto.DpuProvisioned(
-                provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
-                image=provision.image.name, version=version, task_uri=task_uri))
+            await self.agent.publish(proto.DpuProvisioned(**ids, version=version, task_uri=task_uri))
         finally:
-            self.capsules.pop(provision.provision_id, None)
-            self.busy.discard(provision.target.dpu_id)
+            self.capsules.pop(provision_id, None)
+            self.busy.discard(dpu_id)
+        await asyncio.to_thread(self.journal.end, provision_id)
 
     async def _provision(self, provision: Provision) -> tuple[str, str]:
         """Run one provision; return the task URI and the version FirmwareInventory then reports."""
         image_uri, monotonic_count = await self._publish_capsule(provision)
-        await self.agent.publish(proto.DpuProvisionStarted(
+        started = proto.DpuProvisionStarted(
             provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
             image=provision.image.name, version=provision.image.version, monotonic_count=monotonic_count,
-            image_uri=image_uri))
+            image_uri=image_uri)
+        envelope = self.agent.event_envelope(started)
+        await asyncio.to_thread(self.journal.begin, provision.provision_id, envelope)
+        await self.agent.publish(started, envelope)
         async with self._redfish() as http:
             monitor_uri = await self._simple_update(http, image_uri, provision.target.inventory_uri)
-            task = await self._follow(http, provision, monitor_uri)
-            if task.get("TaskState") != "Completed":
-                raise ProvisionFailed(_task_reason(task), task.get("TaskState", ""))
-            inventory = await self._get(http, provision.target.inventory_uri)
+            await asyncio.to_thread(self.journal.set_task, provision.provision_id, monitor_uri)
+            return await self._finish_task(http, provision.provision_id, provision.target.dpu_id, monitor_uri,
+                                           provision.target.inventory_uri)
+
+    async def _resume(self, entry: OpenProvision) -> tuple[str, str]:
+        """Continue a provision of a previous process; return the task URI and the installed version."""
+        # The previous process may have died before the stream stored this event; its id is stored once.
+        await self.agent.publish(proto.parse(entry.started), entry.started)
+        if not entry.task_uri:
+            raise ProvisionFailed("the host agent restarted before the BMC accepted the update; the capsule "
+                                  "server went with the previous process")
+        dpu_id = str(entry.started.data.get("dpu", ""))
+        async with self._redfish() as http:
+            targets = [t for t in await self._list_dpus(http) if t.dpu_id == dpu_id]
+            if not targets:
+                raise ProvisionFailed(f"the BMC of {self.host_id} no longer lists DPU {dpu_id}")
+            return await self._finish_task(http, entry.provision_id, dpu_id, entry.task_uri,
+                                           targets[0].inventory_uri)
+
+    async def _finish_task(self, http: aiohttp.ClientSession, provision_id: str, dpu_id: str, monitor_uri: str,
+                           inventory_uri: str) -> tuple[str, str]:
+        task = await self._follow(http, provision_id, dpu_id, monitor_uri)
+        if task.get("TaskState") != "Completed":
+            raise ProvisionFailed(_task_reason(task), task.get("TaskState", ""))
+        inventory = await self._get(http, inventory_uri)
         return task.get("@odata.id", monitor_uri), inventory.get("Version", "")
 
     async def _publish_capsule(self, provision: Provision) -> tuple[str, int]:
@@ -175,11 +233,29 @@ class DpuInstaller:
         try:
             async with http.get(uri) as response:
                 body = await response.json(content_type=None)
+                if response.status >= 500:
+                    raise BmcUnavailable(f"GET {uri}: HTTP {response.status}: {_error_text(body)}")
                 if response.status >= 400:
                     raise ProvisionFailed(f"GET {uri}: HTTP {response.status}: {_error_text(body)}")
                 return body
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise BmcUnavailable(f"GET {uri} failed: {exc!r}") from None
+        except (aiohttp.ClientError, ValueError) as exc:
             raise ProvisionFailed(f"GET {uri} failed: {exc!r}") from None
+
+    async def _list_dpus_retrying(self, http: aiohttp.ClientSession) -> list[DpuTarget]:
+        """List the DPUs, asking again for up to LIST_RETRY_S while the BMC is unavailable.
+
+        A BMC returns 503 while a DPU agent does not respond, and a later request may succeed.
+        """
+        deadline = time.monotonic() + LIST_RETRY_S
+        while True:
+            try:
+                return await self._list_dpus(http)
+            except BmcUnavailable:
+                if time.monotonic() + LIST_RETRY_WAIT_S > deadline:
+                    raise
+                await asyncio.sleep(LIST_RETRY_WAIT_S)
 
     async def _list_dpus(self, http: aiohttp.ClientSession) -> list[DpuTarget]:
         systems = await self._get(http, f"{V1}/Systems")
@@ -215,17 +291,32 @@ class DpuInstaller:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise ProvisionFailed(f"SimpleUpdate failed: {exc!r}") from None
 
-    async def _follow(self, http: aiohttp.ClientSession, provision: Provision, monitor_uri: str) -> dict[str, Any]:
-        """Poll the task monitor until the task ends; publish each change of state or percentage."""
-        deadline = asyncio.get_running_loop().time() + TASK_TIMEOUT_S
+    async def _follow(self, http: aiohttp.ClientSession, provision_id: str, dpu_id: str,
+                      monitor_uri: str) -> dict[str, Any]:
+        """Poll the task monitor until the task ends; publish each change of state or percentage.
+
+        A monitor that does not respond, or responds 5xx, is polled again for up to
+        BMC_UNAVAILABLE_S, because the task goes on in the BMC meanwhile.
+        """
+        deadline = time.monotonic() + TASK_TIMEOUT_S
+        last_response = time.monotonic()
         reported: tuple[str, int] | None = None
-        while asyncio.get_running_loop().time() < deadline:
-            task = await self._get(http, monitor_uri)
+        while time.monotonic() < deadline:
+            try:
+                task = await self._get(http, monitor_uri)
+            except BmcUnavailable as exc:
+                if time.monotonic() - last_response > BMC_UNAVAILABLE_S:
+                    raise ProvisionFailed(f"the BMC task at {monitor_uri} was unavailable for more than "
+                                          f"{BMC_UNAVAILABLE_S:g} s: {exc.reason}", reported[0] if reported else "")
+                self.agent.log.debug("dpu.task_unavailable", provision=provision_id, error=exc.reason)
+                await asyncio.sleep(TASK_POLL_S)
+                continue
+            last_response = time.monotonic()
             state, percent = task.get("TaskState", ""), int(task.get("PercentComplete", 0))
             if (state, percent) != reported:
                 reported = (state, percent)
                 await self.agent.publish(proto.DpuProvisionProgress(
-                    provision=provision.provision_id, host=self.host_id, dpu=provision.target.dpu_id,
+                    provision=provision_id, host=self.host_id, dpu=dpu_id,
                     task_state=state, percent_complete=percent))
             if state in FINAL_TASK_STATES:
                 return task
@@ -242,13 +333,14 @@ class DpuInstaller:
         app.router.add_get("/capsules/{name}", self._serve_capsule)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        address = listen_address()
         try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await web.TCPSite(runner, address, 0).start()
         except BaseException:
             await runner.cleanup()
             raise
         self.runner = runner
-        self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self.base_url = f"http://{address}:{runner.addresses[0][1]}"
         self.agent.log.info("dpu_installer.listening", url=self.base_url)
 
     async def _serve_capsule(self, request: web.Request) -> web.Response:
