@@ -181,6 +181,7 @@ class DpuInstaller:
     async def _resume(self, entry: OpenProvision) -> tuple[str, str]:
         """Continue a provision of a previous process; return the task URI and the installed version."""
         # The previous process may have died before the stream stored this event; its id is stored once.
+        # NOTE: only within the stream's 120 s duplicate window; a host agent down longer stores it twice.
         await self.agent.publish(proto.parse(entry.started), entry.started)
         if not entry.task_uri:
             raise ProvisionFailed("the host agent restarted before the BMC accepted the update; the capsule "
