@@ -79,16 +79,30 @@ class GuestVm:
         return {"trace": self.trace, "mips": self.mips, "memory_bytes": self.memory_bytes, "seed": self.seed,
                 "max_dirty_rate_pages_per_s": self.max_dirty_rate_pages_per_s}
 
-    def memory_pages(self) -> Iterator[bytes | memoryview]:
-        """Yield the memory image for the host's store, page by page; poisoned pages are stored as zeros.
+    def memory_runs(self, max_pages: int = 1024) -> Iterator[tuple[int, list[bytes | memoryview]]]:
+        """Yield the memory image for the host's store as (first page, page contents) runs.
 
-        Views into the host's frames are live: write them out before the guest runs again.
+        A run contains at most `max_pages` adjacent pages with contents. Zero
+        pages, and poisoned pages whose contents are lost, are left out, so a
+        store writes them as zeros. Views into the host's frames are live:
+        write them out before the guest runs again.
         """
-        host = self.guest.host
-        frames = self.guest.page_map
-        for page in range(self.page_count):
-            data = host.read_frame(frames.host_frame(page))
-            yield _ZERO_PAGE if data is None else data
+        guest = self.guest
+        first, run = 0, []
+        for page, data in enumerate(guest.host.read_frames(guest.host_frames(range(self.page_count)))):
+            if data is None:
+                if run:
+                    yield first, run
+                    run = []
+                continue
+            if not run:
+                first = page
+            run.append(data)
+            if len(run) == max_pages:
+                yield first, run
+                run = []
+        if run:
+            yield first, run
 
     def digest(self) -> str:
         return memory_digest(self.guest)

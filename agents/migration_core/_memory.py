@@ -202,6 +202,10 @@ class HostMemory:
         """Return the frame's contents, or None for a zero page. Checks no errors."""
         return self._contents.read(frame)
 
+    def read_frames(self, frames: Sequence[int]) -> list[bytes | memoryview | None]:
+        """Return the contents of each frame as read_frame() does."""
+        return self._contents.read_many(frames)
+
     def copy_mc(self, frame: int) -> tuple[bytes | memoryview | None, int]:
         """Read a frame the way Linux `copy_mc_to_kernel()` does.
 
