@@ -213,6 +213,40 @@ def test_migration_in_flight_at_stop_is_unfinished_not_lost():
     assert [(u.command, u.key) for u in report.unfinished] == [("migration", "m9")]
 
 
+def test_migration_without_outcome_before_next_one():
+    h = clean_history()
+    h.migrate("m4", "vm1", "h2", "h1", outcome=None)
+    h.migrate("m5", "vm1", "h2", "h1", outcome="failed")
+    report = check_events(h.events)
+    assert invariants(report) == ["migration"]
+    assert "m4 of VM vm1 never ended before migration m5" in report.violations[0].message
+    assert report.unfinished == []
+
+
+def test_migration_outcome_overdue_at_destination():
+    h = clean_history()
+    start = h.add("migration.started", sender="migration", migration="m4", vm="vm1", source="h2", destination="h1")
+    first = h.heartbeat("h1", "vm1", "vm2")
+    last = h.heartbeat("h1", "vm1", "vm2")
+    last["time"] = first["time"] + 121
+    report = check_events(h.events)
+    assert invariants(report) == ["migration"]
+    assert "m4 of VM vm1 has no outcome, though h1 has run the VM for 121 s" in report.violations[0].message
+    assert [e.id for e in report.violations[0].events] == [start["id"], first["id"], last["id"]]
+    assert report.unfinished == []
+
+
+def test_migration_outcome_within_grace_is_not_overdue():
+    h = clean_history()
+    h.add("migration.started", sender="migration", migration="m4", vm="vm1", source="h2", destination="h1")
+    first = h.heartbeat("h1", "vm1", "vm2")
+    late = h.heartbeat("h1", "vm1", "vm2")
+    late["time"] = first["time"] + 60
+    h.add("migration.completed", sender="migration", migration="m4", vm="vm1", source="h2", destination="h1",
+          source_digest="aa", destination_digest="aa", stats={})
+    assert check_events(h.events).violations == []
+
+
 def test_source_resume_after_failed_migration():
     # The coordinator fails the migration while the source restarts; the restarted source
     # later resumes the paused VM on its own and says so with vm.resumed, not an outcome.

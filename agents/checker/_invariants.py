@@ -8,7 +8,9 @@ returns a Report. Invariants, by the name each violation carries:
   reported `vm.lost`; `migration.completed` moves it from its source, and host
   heartbeats, which list the VMs a host really runs, agree with that.
 - `migration`: every `migration.started` ends, and after `migration.failed` the
-  VM is still on its source.
+  VM is still on its source. A migration has not ended when the same VM starts
+  another one, or when its destination's heartbeats show the VM running there
+  for OUTCOME_GRACE_S without an outcome.
 - `memory`: no page that was not reported poisoned differs after a migration.
 - `secure-boot`: no VM is placed on, or migrated to, a host without a
   `host.booted` since its latest power-on, boot failure, quarantine or power-off.
@@ -26,6 +28,10 @@ from ._commands import COMMAND_KINDS, CommandKind, kinds_by_start, kinds_by_term
 from ._model import Event, Report, Unfinished, Violation
 
 UNTRUSTING_TYPES = ("host.power_on", "host.boot_failed", "host.quarantined", "host.power_off")
+# How long a destination may run a migrated VM before the migration's outcome is stored. The
+# coordinator stores it right after the commit. A restart of the coordinator (backoff up to
+# 10 s) or of the broker (event publishing retries for 60 s) can delay it, so the margin is wide.
+OUTCOME_GRACE_S = 120.0
 
 
 @dataclass
@@ -62,6 +68,8 @@ class _Checker:
         # built before it describe the earlier placement.
         self.changed_at: dict[str, float] = {}
         self.migrating: dict[str, Event] = {}
+        # Per migrating VM: the first destination heartbeat that lists it as running.
+        self.running_at_destination: dict[str, Event] = {}
         self.trusted: dict[str, bool] = {}
         self.trust_event: dict[str, Event] = {}
         self.lost_to_power: dict[str, list[Event]] = defaultdict(list)
@@ -147,6 +155,13 @@ class _Checker:
 
     def on_migration_started(self, event: Event, data: dict[str, Any]) -> None:
         vm = str(data.get("vm"))
+        earlier = self.migrating.get(vm)
+        if earlier is not None:
+            self.violate("migration", f"migration {earlier.data.get('migration')} of VM {vm} never ended before "
+                         f"migration {data.get('migration')} of the same VM started", earlier, event)
+            # Reported here, so not again as a command that never ended.
+            self.pending.pop(("migration", str(earlier.data.get("migration"))), None)
+            self.running_at_destination.pop(vm, None)
         current = self.location.get(vm)
         if current is None or current.host != data.get("source"):
             where = current.host if current else "no host"
@@ -158,6 +173,7 @@ class _Checker:
     def on_migration_completed(self, event: Event, data: dict[str, Any]) -> None:
         vm, source, destination = str(data.get("vm")), str(data.get("source")), str(data.get("destination"))
         self.migrating.pop(vm, None)
+        self.running_at_destination.pop(vm, None)
         current = self.location.get(vm)
         if current is None or current.host != source:
             where = current.host if current else "no host"
@@ -172,6 +188,7 @@ class _Checker:
     def on_migration_failed(self, event: Event, data: dict[str, Any]) -> None:
         vm, source = str(data.get("vm")), str(data.get("source"))
         self.migrating.pop(vm, None)
+        self.running_at_destination.pop(vm, None)
         current = self.location.get(vm)
         if current is None or current.host != source:
             where = current.host if current else "no host"
@@ -196,7 +213,10 @@ class _Checker:
         host = str(data.get("host"))
         listed = data.get("vms") if isinstance(data.get("vms"), dict) else {}
         for vm in listed:
-            if vm in self.migrating or event.time < self.changed_at.get(vm, 0.0):
+            if vm in self.migrating:
+                self._check_outcome_overdue(vm, host, event)
+                continue
+            if event.time < self.changed_at.get(vm, 0.0):
                 continue
             current = self.location.get(vm)
             if current is None:
@@ -211,6 +231,21 @@ class _Checker:
             if event.time >= self.changed_at.get(vm, 0.0):
                 self._heartbeat_violation("vanished", vm, host, f"VM {vm} placed on {host} no longer runs there "
                                           "and was not reported lost", place.event, event)
+
+    def _check_outcome_overdue(self, vm: str, host: str, event: Event) -> None:
+        started = self.migrating[vm]
+        if host != started.data.get("destination"):
+            return
+        first = self.running_at_destination.setdefault(vm, event)
+        if event.time - first.time > OUTCOME_GRACE_S:
+            self.violate("migration", f"migration {started.data.get('migration')} of VM {vm} has no outcome, "
+                         f"though {host} has run the VM for {event.time - first.time:.0f} s", started, first, event)
+            # One report per migration: it leaves the pending commands, and from here on
+            # the VM counts as running where the heartbeats show it.
+            self.migrating.pop(vm)
+            self.running_at_destination.pop(vm)
+            self.pending.pop(("migration", str(started.data.get("migration"))), None)
+            self._move(vm, host, event)
 
     def _heartbeat_violation(self, kind: str, vm: str, host: str, message: str, *events: Event | None) -> None:
         # One report per VM, host and kind: a wrong placement repeats in every heartbeat.
