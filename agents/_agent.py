@@ -46,12 +46,16 @@ class CommandFailed(RuntimeError):
 
 
 class CommandTimeout(RuntimeError):
-    """No agent replied to a command in time; the caller may retry."""
+    """No agent replied to a command in time, or none serves its subject; the caller may retry."""
 
-    def __init__(self, subject: str, timeout_s: float) -> None:
+    def __init__(self, subject: str, timeout_s: float, no_responders: bool = False) -> None:
         self.subject = subject
         self.timeout_s = timeout_s
-        super().__init__(f"{subject}: no reply within {timeout_s} s")
+        self.no_responders = no_responders
+        if no_responders:
+            super().__init__(f"{subject}: no agent serves this subject; is it running?")
+        else:
+            super().__init__(f"{subject}: no reply within {timeout_s} s")
 
 
 async def send_command(nc: nats.NATS, subject: str, payload: bytes, timeout_s: float) -> dict[str, Any]:
@@ -62,7 +66,9 @@ async def send_command(nc: nats.NATS, subject: str, payload: bytes, timeout_s: f
     """
     try:
         reply_msg = await nc.request(subject, payload, timeout=timeout_s)
-    except (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError):
+    except nats.errors.NoRespondersError:
+        raise CommandTimeout(subject, timeout_s, no_responders=True) from None
+    except (asyncio.TimeoutError, nats.errors.TimeoutError):
         raise CommandTimeout(subject, timeout_s) from None
     try:
         reply = proto.parse(proto.decode(reply_msg.data), proto.Reply)

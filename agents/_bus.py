@@ -76,8 +76,9 @@ async def on_agent_bus_error(agent: "Agent", exc: Exception) -> None:
 def operator_options_for(state_dir: str | None, url: str) -> dict[str, Any]:
     """Operator options when `url` is a broker of the secured cluster in `state_dir`, else none.
 
-    The private broker that serves a stopped cluster's history runs without
-    authorization or TLS, so it gets plain options.
+    A stopped cluster's history is served by its own brokers reopened with the
+    cluster's settings (TLS and credentials with --secure), or by a private
+    plain broker when `dcfleet up` ran a single one without them.
     """
     from ._locate import resolve_state_dir
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import signal
 import sys
 from typing import Any
 
@@ -48,11 +50,24 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--downtime-limit must be a positive number of milliseconds, got {args.downtime_limit}")
     if args.max_iterations < 0:
         raise ConfigError(f"--max-iterations must be 0 or more, got {args.max_iterations}")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if not args.vm:
+        raise ConfigError("--vm must name a VM, e.g. vm0001")
     try:
         return asyncio.run(_migrate(args))
     except KeyboardInterrupt:
-        print("\ninterrupted; the coordinator finishes or aborts the migration on its own", file=sys.stderr)
+        # Ctrl-C before the wait for the outcome began.
+        print(f"\n{_left_running(args, None)}", file=sys.stderr)
         return 130
+
+
+def _left_running(args: argparse.Namespace, migration: str | None, reason: str = "interrupted") -> str:
+    """Return a message: the migration goes on without this command, and how to learn its outcome."""
+    named = f"migration {migration}" if migration else "the migration"
+    state_dir = f" --state-dir {args.state_dir}" if args.state_dir else ""
+    return (f"dcfleet: {reason}; the coordinator finishes or aborts {named} of {args.vm} on its own. "
+            f"Its outcome: dcfleet events{state_dir} --type 'migration.[cf]*'")
 
 
 async def _migrate(args: argparse.Namespace) -> int:
@@ -68,8 +83,18 @@ async def _migrate(args: argparse.Namespace) -> int:
                                          max_iterations=args.max_iterations, auto_converge=args.auto_converge)
         reply = asyncio.ensure_future(client.request(subjects.MIGRATION_REQUEST, request, args.timeout))
         bar = ProgressBar(sys.stderr)
+        # Ctrl-C ends only this command: handled here, so the connection closes in order.
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        stop = asyncio.ensure_future(interrupted.wait())
+        show = asyncio.ensure_future(_show_progress(progress, reply, args.vm, bar))
         try:
-            await _show_progress(progress, reply, args.vm, bar)
+            await asyncio.wait({show, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if interrupted.is_set():
+                bar.end()
+                print(f"\n{_left_running(args, bar.migration)}", file=sys.stderr)
+                return 130
             result = await reply
         except CommandFailed as exc:
             bar.end()
@@ -77,10 +102,14 @@ async def _migrate(args: argparse.Namespace) -> int:
             return 1
         except CommandTimeout:
             bar.end()
-            print(f"dcfleet: no outcome of the migration of {args.vm} within {args.timeout:g} s", file=sys.stderr)
+            print(_left_running(args, bar.migration, f"no outcome within --timeout {args.timeout:g} s"),
+                  file=sys.stderr)
             return 1
         finally:
-            reply.cancel()
+            loop.remove_signal_handler(signal.SIGINT)
+            for task in (show, stop, reply):
+                task.cancel()
+            await asyncio.gather(show, stop, reply, return_exceptions=True)
             await progress.unsubscribe()
     bar.finish()
     print(json.dumps(result) if args.json else format_stats(args.vm, args.to, result))
@@ -90,15 +119,20 @@ async def _migrate(args: argparse.Namespace) -> int:
 async def _show_progress(subscription: Any, reply: asyncio.Future, vm: str, bar: "ProgressBar") -> None:
     while not reply.done():
         next_msg = asyncio.ensure_future(subscription.next_msg(timeout=None))
-        done, _ = await asyncio.wait({next_msg, reply}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({next_msg, reply}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not next_msg.done():
+                next_msg.cancel()
+                await asyncio.gather(next_msg, return_exceptions=True)
         if next_msg not in done:
-            next_msg.cancel()
             return
         try:
             envelope = proto.decode(next_msg.result().data)
         except proto.MessageRejected:
             continue
         if envelope.data.get("vm") == vm and isinstance(envelope.data.get("stats"), dict):
+            bar.migration = str(envelope.data.get("migration") or "") or bar.migration
             bar.update(envelope.data["stats"])
 
 
@@ -109,6 +143,8 @@ class ProgressBar:
         self.stream = stream
         self.tty = stream.isatty()
         self.drawn = False
+        # The migration's id, once a progress event names it.
+        self.migration: str | None = None
 
     def update(self, stats: dict[str, Any]) -> None:
         ram = stats.get("ram", {})

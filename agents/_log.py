@@ -13,6 +13,19 @@ import sys
 import structlog
 
 
+def quiet_tls_close() -> None:
+    """Drop asyncio's warning that nats-py's TLS transport ignores a true eof_received().
+
+    asyncio logs it each time a TLS connection to the broker closes, and the
+    client closes correctly regardless, so a command's output carries only noise.
+    """
+    logging.getLogger("asyncio").addFilter(_not_tls_eof_warning)
+
+
+def _not_tls_eof_warning(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("returning true from eof_received() has no effect when using ssl")
+
+
 def configure(level: str | None = None, **bound: str) -> structlog.stdlib.BoundLogger:
     level_name = (level or os.environ.get("DCFLEET_LOG_LEVEL", "INFO")).upper()
     numeric = logging.getLevelName(level_name)

@@ -81,3 +81,8 @@ def test_secure_cluster_runs_without_denials(tmp_path):
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(e["data"]["host"] for e in events if e["type"] == "host.booted") == ["h1", "h2"]
     assert [e for e in events if e["type"] == "agent.permission_denied"] == []
+
+    check = subprocess.run(dcfleet_command("check", "--state-dir", str(state)),
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "0 violations" in check.stdout

@@ -223,6 +223,8 @@ async def test_killed_destination_leaves_vm_running_on_source(cluster):
     assert not reply.ok
     failed = await next_event(events, "migration.failed", vm="big")
     assert failed.data["source"] == "h1"
+    # The broker reports that nothing reads the data subject any more, or the coordinator misses heartbeats.
+    assert "h2 no longer receives page batches" in failed.data["reason"] or "heartbeat" in failed.data["reason"]
     status = await client.request(subjects.host_command("h1", "status"), proto.HostStatusRequest())
     assert "big" in status["vms"]
     memory = await client.request(subjects.host_command("h1", "vm_memory"), proto.VmMemoryRequest("big"), 10.0)
@@ -298,3 +300,52 @@ async def test_bad_migration_requests_leave_vm_in_place(cluster):
     assert "bytes of memory free" in reply.error
     status = await client.request(subjects.host_command("h1", "status"), proto.HostStatusRequest())
     assert {"stay", "wide"} <= set(status["vms"])
+
+
+async def test_ctrl_c_leaves_migration_to_coordinator(cluster):
+    config, client, events, _processes = cluster
+    await create_vm(client, "h1", "busy", 64 * MIB, [100], dirty_rate=20000.0)
+    await wait_until_vm_known(client, "busy", "h2")
+    command = await asyncio.create_subprocess_exec(
+        *dcfleet_command("migrate", "--state-dir", config.state_dir, "--vm", "busy", "--to", "h2",
+                         "--downtime-limit", "1", "--max-iterations", "100"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_line = await asyncio.wait_for(command.stderr.readline(), 60)
+    assert b"pass" in first_line
+
+    command.send_signal(signal.SIGINT)
+    _stdout, stderr = await asyncio.wait_for(command.communicate(), 30)
+
+    assert command.returncode == 130
+    text = stderr.decode()
+    assert "Traceback" not in text
+    assert "unhandled exception" not in text
+    started = await next_event(events, "migration.started", vm="busy")
+    assert f"finishes or aborts migration {started.data['migration']} of busy on its own" in text
+    outcome = await events_until(events, "migration.completed", timeout_s=120, vm="busy")
+    assert outcome[-1].data["migration"] == started.data["migration"]
+
+
+def test_migrate_rejects_bad_timeout(cluster):
+    config = cluster[0]
+    for value in ("0", "-1", "nan"):
+        result = subprocess.run(dcfleet_command("migrate", "--state-dir", config.state_dir, "--vm", "vm0001",
+                                                "--to", "h2", "--timeout", value),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert "--timeout must be a positive number of seconds" in result.stderr
+
+
+async def test_frame_injection_names_its_vm(cluster):
+    _config, client, events, _processes = cluster
+    await create_vm(client, "h1", "owner", 4 * MIB, [0])
+    frame = (await inject_memory_error(client, "h1", vm="owner", guest_page=5))["frame"]
+
+    again = await inject_memory_error(client, "h1", frame=frame, latent=True)
+
+    assert again["vm"] == "owner"
+    assert again["guest_page"] == 5
+    assert again["state"] == "uncorrectable"
+    await next_event(events, "host.memory_error", frame=frame)
+    second = await next_event(events, "host.memory_error", frame=frame)
+    assert (second.data["vm"], second.data["guest_page"], second.data["latent"]) == ("owner", 5, False)

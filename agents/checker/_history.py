@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 import proto
 from proto import subjects
 
+from .._bus import operator_options_for
 from .._config import ConfigError
 from .._events import format_event
 from .._locate import broker_url
@@ -41,7 +42,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 async def read_stream(state_dir: str | None, nats_url: str | None) -> list[dict[str, Any]]:
     """Read every stored event of a cluster, running or stopped."""
     async with broker_url(state_dir, nats_url) as url:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2)
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=2,
+                                **operator_options_for(state_dir, url))
         try:
             return await _read_all(nc)
         finally:

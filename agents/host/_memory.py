@@ -183,6 +183,15 @@ class HostRam:
         self._page_maps[vm_id] = page_map
         return page_map
 
+    def owner_of(self, frame: int) -> tuple[str, int] | None:
+        """Return the VM and guest page that a host frame backs, or None for a free frame."""
+        for vm_id, page_map in self._page_maps.items():
+            try:
+                return vm_id, page_map.frames.index(frame)
+            except ValueError:
+                continue
+        return None
+
     def release(self, vm_id: str) -> None:
         """Return a VM's frames; their contents go, their hardware errors stay in the error map."""
         page_map = self._page_maps.pop(vm_id, None)

@@ -41,7 +41,10 @@ async def read_guest_page(client: Any, host: str, vm: str, guest_page: int) -> d
 
 
 async def vm_page_checksums(client: Any, host: str, vm: str) -> tuple[list[bytes], list[int]]:
-    """Return the VM's per-page BLAKE2b-128 checksums (zeros for a poisoned page) and its poisoned pages."""
+    """Return the VM's per-page XXH3-128 checksums (zeros for a poisoned page) and its poisoned pages.
+
+    Poisoned pages include pages on frames with a latent error that no read has found yet.
+    """
     result = await client.request(subjects.host_command(host, "vm_memory"), proto.VmMemoryRequest(vm),
                                   REQUEST_TIMEOUT_S)
     raw = result["checksums"]

@@ -56,8 +56,9 @@ class GuestMemoryMixin:
             raise HandlerError("name either a frame, or a VM and one of its guest pages")
         try:
             if by_frame:
-                frame, vm_id, guest_page = message.frame, "", -1
+                frame = message.frame
                 self.ram.errors.state(frame)
+                vm_id, guest_page = self.ram.owner_of(frame) or ("", -1)
             else:
                 vm = self._guest_vm(message.vm)
                 frame, vm_id, guest_page = vm.guest.host_frame(message.guest_page), vm.id, message.guest_page
@@ -66,7 +67,8 @@ class GuestMemoryMixin:
             raise HandlerError(str(exc)) from None
         state = self.ram.errors.state(frame).value
         self.log.info("host.memory_error", frame=frame, vm=vm_id, guest_page=guest_page, state=state)
-        await self.publish(proto.HostMemoryError(host=self.id, frame=frame, latent=message.latent, vm=vm_id,
+        # A known error stays known when injected again as latent, so the event reports the frame's state.
+        await self.publish(proto.HostMemoryError(host=self.id, frame=frame, latent=state == "latent", vm=vm_id,
                                                  guest_page=guest_page, origin="injected"))
         return {"frame": frame, "vm": vm_id, "guest_page": guest_page, "state": state}
 
@@ -83,7 +85,7 @@ class GuestMemoryMixin:
         return {"machine_check": False, "host_frame": vm.guest.host_frame(message.guest_page)}
 
     async def on_vm_memory(self, message: proto.VmMemoryRequest, _msg: Any) -> dict[str, Any]:
-        """Return per-page checksums (BLAKE2b-128, zeros for poisoned pages) and the poisoned pages."""
+        """Return per-page checksums (XXH3-128, zeros for poisoned pages) and the poisoned pages."""
         vm = self._guest_vm(message.vm)
         if vm.page_count > MAX_CHECKSUM_PAGES:
             raise HandlerError(f"VM {vm.id} has {vm.page_count} pages; checksums are served for at most "

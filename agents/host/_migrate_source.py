@@ -43,6 +43,8 @@ from ._memory import GuestVm
 # Unacknowledged batches at most, and batches per acknowledgement.
 BATCHES_IN_FLIGHT = 32
 BATCHES_PER_ACK = 4
+# The status of the message nats-server sends to a reply subject when no one subscribes.
+NO_RESPONDERS_STATUS = "503"
 BATCH_TIMEOUT_S = 5.0
 PROGRESS_INTERVAL_S = 0.5
 SOURCE_RESUME_TIMEOUT_S = 15.0
@@ -74,6 +76,9 @@ class Outgoing:
     ack_inbox: str = ""
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_before_pass: int = 0
+    # time.monotonic() at the start of the migration and of the current pass.
+    started_at: float = 0.0
+    pass_started_at: float = 0.0
     error: Exception | None = None
     progress_at: float = 0.0
 
@@ -125,7 +130,7 @@ class MigrationSourceMixin:
             await self._on_ack(state, msg)
 
         acks = await self.nc.subscribe(f"{state.ack_inbox}.*", cb=on_ack)
-        started = time.monotonic()
+        started = state.started_at = time.monotonic()
         try:
             step = engine.start(setup_time_s=0.0)
             while isinstance(step, SendPass):
@@ -162,7 +167,7 @@ class MigrationSourceMixin:
 
     async def _send_pass(self, state: Outgoing, guest_pages) -> PassReport:
         """Send one pass's pages within the credit window; return its measurements once all are acknowledged."""
-        started = time.monotonic()
+        started = state.pass_started_at = time.monotonic()
         normal = zero = sent_bytes = pages_done = 0
         errors: list[int] = []
         state.bytes_before_pass = state.engine.stats().transferred_bytes
@@ -185,7 +190,7 @@ class MigrationSourceMixin:
             sent_bytes += len(batch.payload)
             pages_done += batch.normal_pages + batch.zero_pages + len(batch.error_pages)
             if time.monotonic() - state.progress_at >= PROGRESS_INTERVAL_S:
-                await self._publish_progress(state, sent_bytes, len(guest_pages) - pages_done)
+                await self._publish_progress(state, sent_bytes, len(guest_pages) - pages_done, len(errors))
             batch = following
         await self._wait_for_acks(state, 0)
         return PassReport(sent_bytes, time.monotonic() - started, normal, zero, tuple(errors))
@@ -204,15 +209,7 @@ class MigrationSourceMixin:
             raise state.error
 
     async def _on_ack(self, state: Outgoing, msg: Any) -> None:
-        try:
-            reply = proto.parse(proto.decode(msg.data), proto.Reply)
-            if not reply.ok:
-                error: str | None = reply.error
-            else:
-                state.flow.on_ack(reply.result.get("seq"))
-                error = None
-        except (proto.MessageRejected, AckOutOfRange) as exc:
-            error = f"invalid acknowledgement: {exc}"
+        error = _ack_error(state, msg)
         if error is not None and state.error is None:
             state.error = PageTransferFailed(state.destination, error)
         state.acked.set()
@@ -224,13 +221,19 @@ class MigrationSourceMixin:
         await self.publish(proto.HostMemoryError(host=self.id, frame=frame, latent=True, vm=state.vm.id,
                                                  guest_page=guest_page, origin="discovered"))
 
-    async def _publish_progress(self, state: Outgoing, pass_bytes: int, pass_remaining_pages: int) -> None:
+    async def _publish_progress(self, state: Outgoing, pass_bytes: int, pass_remaining_pages: int,
+                                pass_errors: int = 0) -> None:
+        """Publish the engine's figures; within a pass, bring them up to the batches sent so far."""
         stats = state.engine.stats().to_query_migrate()
         ram = stats["ram"]
+        now = time.monotonic()
         if pass_bytes:
             ram["transferred"] = state.bytes_before_pass + pass_bytes
             ram["remaining"] = pass_remaining_pages * PAGE_SIZE_BYTES
-        state.progress_at = time.monotonic()
+            ram["poisoned-pages"] += pass_errors
+            ram["mbps"] = pass_bytes * 8 / max(now - state.pass_started_at, 1e-6) / 1e6
+            stats["total-time"] = round((now - state.started_at) * 1000)
+        state.progress_at = now
         await self.publish(proto.MigrationProgress(stats=stats, **state.ids(self.id)))
 
     # ---- after the copy: the coordinator finishes or aborts ----------------
@@ -316,6 +319,25 @@ class MigrationSourceMixin:
             state = Outgoing(migration, self.vms[vm_id], destination, PrecopySource(self.vms[vm_id].page_count),
                              subjects.migration_pages(migration))
             self._leases[migration] = self.spawn(self._lease(state), f"lease {migration}")
+
+
+def _ack_error(state: Outgoing, msg: Any) -> str | None:
+    """Record an acknowledgement in the credit window, or return why it is an error."""
+    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+        # The broker replies for the destination because nothing reads the data subject any more.
+        return (f"{state.destination} no longer receives page batches (its agent stopped, its host "
+                "powered off, or it dropped the migration)")
+    try:
+        reply = proto.parse(proto.decode(msg.data), proto.Reply)
+    except proto.MessageRejected as exc:
+        return f"invalid acknowledgement: {exc}"
+    if not reply.ok:
+        return reply.error
+    try:
+        state.flow.on_ack(reply.result.get("seq"))
+    except AckOutOfRange as exc:
+        return f"invalid acknowledgement: {exc}"
+    return None
 
 
 async def _unsubscribe(subscription: Any) -> None:

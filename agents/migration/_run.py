@@ -122,13 +122,22 @@ def completed_stats(sent: dict[str, Any], committed: dict[str, Any], setup_s: fl
     """The source's query-migrate figures with times as the coordinator saw them.
 
     Downtime runs from the pause on the source to the resume on the destination,
-    so it includes the stop-and-copy pass and the commit's digest check.
+    so it includes the stop-and-copy pass and the commit's digest check. As
+    QEMU does at completion, `mbps` and `pages-per-second` average over
+    total-time minus setup-time.
     """
     stats = dict(sent["stats"])
     stats["status"] = "completed"
     stats["total-time"] = round(total_s * 1000)
     stats["setup-time"] = round(setup_s * 1000)
     stats["downtime"] = round(max(0.0, committed["resumed_at"] - sent["paused_at"]) * 1000)
+    transfer_s = total_s - setup_s
+    ram = stats.get("ram")
+    if transfer_s > 0 and isinstance(ram, dict):
+        ram = stats["ram"] = dict(ram)
+        pages = ram.get("normal", 0) + ram.get("duplicate", 0) + ram.get("poisoned-pages", 0)
+        ram["mbps"] = ram.get("transferred", 0) * 8 / transfer_s / 1e6
+        ram["pages-per-second"] = round(pages / transfer_s)
     return stats
 
 
