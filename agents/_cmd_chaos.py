@@ -8,24 +8,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ._config import ConfigError
+from ._durations import MAX_DELAY_S, MAX_FAULT_S, check_seconds
 
 COMMANDS = ("chaos", "check")
 FAULT_KINDS = ("kill", "restart", "pause", "cut", "bmc")
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, maximum: float = MAX_FAULT_S) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+    try:
+        return check_seconds(value, "the value", maximum)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _delay_seconds(text: str) -> float:
+    return _seconds(text, MAX_DELAY_S)
 
 
 def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
@@ -40,7 +48,7 @@ def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
     pause = kinds.add_parser("pause", help="SIGSTOP a process, then SIGCONT it after --for seconds")
     pause.add_argument("target", help="process name: host-h1, bmc, dpu, migration, power or broker")
     pause.add_argument("--for", dest="duration_s", type=_seconds, default=3.0, metavar="SECONDS",
-                       help="how long the process stays stopped (default: 3)")
+                       help=f"how long the process stays stopped, at most {MAX_FAULT_S:g} (default: 3)")
     add_cluster_options(pause)
     cut = kinds.add_parser(
         "cut", help="take an agent's network link down, then up again after --for seconds (dcfleet up --netns)",
@@ -49,16 +57,16 @@ def add_fault_parsers(kinds: argparse._SubParsersAction) -> None:
         "Needs a cluster started with `dcfleet up --netns`.")
     cut.add_argument("target", help="agent process name: host-h1, bmc, dpu, migration or power")
     cut.add_argument("--for", dest="duration_s", type=_seconds, default=5.0, metavar="SECONDS",
-                     help="how long the link stays down (default: 5)")
+                     help=f"how long the link stays down, at most {MAX_FAULT_S:g} (default: 5)")
     add_cluster_options(cut)
     bmc = kinds.add_parser("bmc", help="make a host's Redfish service respond with 500, respond slowly, or not respond at all")
     bmc.add_argument("host", help="host id, e.g. h1")
     bmc.add_argument("mode", choices=("error", "slow", "hang"),
                      help="error: HTTP 500; slow: respond after --delay; hang: never respond")
     bmc.add_argument("--for", dest="duration_s", type=_seconds, default=10.0, metavar="SECONDS",
-                     help="how long the fault lasts (default: 10)")
-    bmc.add_argument("--delay", dest="delay_s", type=_seconds, default=2.0, metavar="SECONDS",
-                     help="response delay of mode slow, in seconds (default: 2)")
+                     help=f"how long the fault lasts, at most {MAX_FAULT_S:g} (default: 10)")
+    bmc.add_argument("--delay", dest="delay_s", type=_delay_seconds, default=2.0, metavar="SECONDS",
+                     help=f"response delay of mode slow, in seconds, at most {MAX_DELAY_S:g} (default: 2)")
     add_cluster_options(bmc)
 
 
@@ -135,25 +143,54 @@ def _chaos_run(args: argparse.Namespace) -> int:
 
 
 async def _inject(args: argparse.Namespace) -> int:
+    """Inject one fault; SIGINT or SIGTERM cancels it, which undoes a timed fault and stores fault.cleared."""
     from ._locate import resolve_state_dir
     from .chaos import Cluster, FaultTargetError
 
     cluster = await Cluster.attach(resolve_state_dir(args.state_dir))
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    received: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        # The first signal cancels the fault; more signals must not cut its cleanup short.
+        if not received:
+            received.append(signum)
+            main.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        if args.fault == "kill":
-            fault_id = await cluster.kill(args.target)
-        elif args.fault == "restart":
-            fault_id = await cluster.restart(args.target)
-        elif args.fault == "pause":
-            fault_id = await cluster.pause(args.target, args.duration_s)
-        elif args.fault == "cut":
-            fault_id = await cluster.cut(args.target, args.duration_s)
-        else:
-            fault_id = await cluster.bmc_fault(args.host, args.mode, args.duration_s, args.delay_s)
+        fault_id = await _carry_out(cluster, args)
     except FaultTargetError as exc:
         print(f"dcfleet: error: {exc}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        main.uncancel()
+        if args.fault in ("kill", "restart"):
+            done = "`dcfleet up` restarts the process; no fault.cleared was stored"
+        else:
+            done = "it was undone and stored as fault.cleared"
+        print(f"dcfleet: {received[0].name} received: {args.fault} interrupted; {done}", file=sys.stderr)
+        return 128 + received[0]
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         await cluster.close()
     print(f"fault {fault_id}: {args.fault} injected and cleared")
     return 0
+
+
+async def _carry_out(cluster: Any, args: argparse.Namespace) -> str:
+    if args.fault == "kill":
+        return await cluster.kill(args.target)
+    if args.fault == "restart":
+        return await cluster.restart(args.target)
+    if args.fault == "pause":
+        return await cluster.pause(args.target, args.duration_s)
+    if args.fault == "cut":
+        return await cluster.cut(args.target, args.duration_s)
+    return await cluster.bmc_fault(args.host, args.mode, args.duration_s, args.delay_s)

@@ -25,6 +25,22 @@ class ConfigError(ValueError):
     """A cluster configuration or state dir that cannot be used."""
 
 
+SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
+PAGE_BYTES = 4096
+
+
+def parse_size_bytes(text: str) -> int:
+    """Parse a memory size such as 4M, 512K or 8388608 (bytes); raise ValueError unless a positive multiple of 4 KiB."""
+    number, unit = (text[:-1], SIZE_UNITS[text[-1].upper()]) if text and text[-1].upper() in SIZE_UNITS else (text, 1)
+    try:
+        value = int(number) * unit
+    except ValueError:
+        raise ValueError(f"invalid size {text!r}; use bytes or a K, M or G suffix") from None
+    if value <= 0 or value % PAGE_BYTES:
+        raise ValueError(f"size {text} must be a positive multiple of 4 KiB")
+    return value
+
+
 @dataclass
 class HostConfig:
     id: str

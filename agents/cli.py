@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from pathlib import Path
 
 from . import _log
-from ._config import ConfigError, default_state_dir
+from ._config import ConfigError, default_state_dir, parse_size_bytes
 from ._nats_server import NatsServerError
 from ._workload import TraceError
 
@@ -21,6 +22,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
@@ -37,15 +40,10 @@ def _positive_int(text: str) -> int:
 
 
 def _size_bytes(text: str) -> int:
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
     try:
-        value = int(number) * unit
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}; use bytes or a K, M or G suffix") from None
-    if value <= 0 or value % 4096:
-        raise argparse.ArgumentTypeError(f"size {text} must be a positive multiple of 4 KiB")
-    return value
+        return parse_size_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -48,12 +49,37 @@ class Envelope:
 
 
 def encode(envelope: Envelope) -> bytes:
+    """Pack an envelope; raise MessageRejected for one over 1 MiB or with an infinite or NaN number.
+
+    JSON has no Infinity or NaN, so `dcfleet events --json` could not print
+    such an event as valid JSON.
+    """
+    where = _non_finite(envelope.data, "data")
+    if where or not math.isfinite(envelope.time):
+        raise MessageRejected("non-finite", f"{envelope.type}: {where or 'time'} is not a finite number")
     payload = msgpack.packb(envelope.to_wire(), use_bin_type=True)
     if len(payload) > MAX_ENVELOPE_BYTES:
         raise MessageRejected(
             "oversized", f"{len(payload)} bytes, limit {MAX_ENVELOPE_BYTES}"
         )
     return payload
+
+
+def _non_finite(value: Any, where: str) -> str:
+    """Return the path of the first infinite or NaN float inside value, or ""."""
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return ""
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}")
+        if found:
+            return found
+    return ""
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {

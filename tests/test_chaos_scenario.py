@@ -1,5 +1,6 @@
 """Scenario files: parsing, rejection of bad input, and the seeded fault plan."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,61 @@ def test_invalid_action_or_netns_rejected(raw, key):
     with pytest.raises(ScenarioError) as error:
         parse_scenario(raw, "s.toml")
     assert error.value.key == key
+
+
+NETNS = {"netns": True}
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"workload": NETNS, "random": {"count": 3, "kinds": ["cut"], "cut_s": [1, math.inf]}}, "random.cut_s"),
+    ({"random": {"count": 3, "pause_s": [math.nan, 2]}}, "random.pause_s"),
+    ({"random": {"count": 3, "pause_s": [1, 4000]}}, "random.pause_s"),
+    ({"fault": [{"at_s": math.nan, "kind": "kill", "target": "power"}]}, "fault[0].at_s"),
+    ({"run": {"duration_s": math.inf}}, "run.duration_s"),
+    ({"run": {"settle_s": math.nan}}, "run.settle_s"),
+    ({"workload": {"time_scale": math.inf}}, "workload.time_scale"),
+    ({"workload": {"power_interval_s": math.nan}}, "workload.power_interval_s"),
+    ({"random": {"count": 3, "start_s": math.nan}}, "random.start_s"),
+    ({"random": {"count": 3, "end_s": math.inf}}, "random.end_s"),
+    ({"action": [{"at_s": math.nan, "kind": "provision-dpu", "host": "h1"}]}, "action[0].at_s"),
+    ({"workload": NETNS, "run": {"duration_s": 30},
+      "fault": [{"at_s": 1, "kind": "cut", "target": "bmc", "duration_s": math.inf}]}, "fault[0].duration_s"),
+    ({"run": {"duration_s": 30}, "fault": [{"at_s": 1, "kind": "pause", "target": "power", "duration_s": 0}]},
+     "fault[0].duration_s"),
+])
+def test_non_finite_numbers_rejected(raw, key):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario(raw, "s.toml")
+    assert error.value.key == key
+
+
+@pytest.mark.parametrize("key, value", [("targets", "host-*"), ("kinds", "cut")])
+def test_string_for_array_rejected(key, value):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario({"random": {"count": 3, key: value}}, "s.toml")
+    assert error.value.key == f"random.{key}"
+    assert str(error.value) == (f's.toml: random.{key}: expected an array of strings, got the string "{value}"; '
+                                f'write ["{value}"]')
+
+
+def test_array_of_non_strings_rejected():
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario({"random": {"count": 3, "targets": [1, 2]}}, "s.toml")
+    assert error.value.key == "random.targets"
+
+
+def test_zero_time_scale_must_be_positive():
+    with pytest.raises(ScenarioError, match="workload.time_scale: must be positive, got 0"):
+        parse_scenario({"workload": {"time_scale": 0}}, "s.toml")
+
+
+@pytest.mark.parametrize("value", ["4Q", "5000", "0M", 3.5, True])
+def test_invalid_vm_memory_rejected(value):
+    with pytest.raises(ScenarioError) as error:
+        parse_scenario({"workload": {"vm_memory": value}}, "s.toml")
+    assert error.value.key == "workload.vm_memory"
+
+
+def test_vm_memory_accepted():
+    assert parse_scenario({"workload": {"vm_memory": "16M"}}).vm_memory == "16M"
+    assert parse_scenario({"workload": {"vm_memory": 8192}}).vm_memory == "8192"

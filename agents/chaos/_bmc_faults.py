@@ -12,9 +12,10 @@ from typing import Any, Awaitable, Callable
 
 from proto import subjects
 
+from .._durations import MAX_DELAY_S
+
 BMC_FAULT_SUBJECT = f"{subjects.PREFIX}.cmd.bmc.fault"
 MODES = ("none", "error", "slow", "hang")
-MAX_DELAY_S = 300.0
 
 
 class BmcFaultRejected(ValueError):

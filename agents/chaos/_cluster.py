@@ -8,7 +8,9 @@
 Processes are found through the pid file `dcfleet up` keeps in the state dir.
 Every fault is stored as `fault.injected` before it acts and `fault.cleared`
 when it ends (a resumed process, a restarted one, a BMC responding again, a
-network link up again).
+network link up again). A timed fault (pause, cut, BMC fault) whose call is
+cancelled is undone at once and stored as cleared with an outcome that starts
+with "interrupted".
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 
@@ -28,6 +31,7 @@ import proto
 from .. import _netns
 from .._client import ClusterClient
 from .._config import ClusterConfig, ConfigError, pid_alive
+from .._durations import MAX_DELAY_S, check_seconds
 from .._supervise import PidRegistry, ProcessEntry, retry
 from ._bmc_faults import BMC_FAULT_SUBJECT
 
@@ -35,6 +39,8 @@ from ._bmc_faults import BMC_FAULT_SUBJECT
 RESTART_WAIT_S = 60.0
 EVENT_RETRY_S = 60.0
 PUBLISH_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+T = TypeVar("T")
 
 
 class FaultTargetError(LookupError):
@@ -121,16 +127,40 @@ class Cluster:
 
     async def pause(self, target: str, duration_s: float) -> str:
         """SIGSTOP a process for duration_s seconds, then SIGCONT it."""
+        duration_s = check_seconds(duration_s, "duration_s")
         entry = self.process(target)
         fault_id = await self._injected("pause", target, pid=entry.pid, duration_s=duration_s)
-        _send(entry.pid, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(duration_s)
-        finally:
-            # Resume even when cancelled: a stopped process would block the cluster's shutdown.
+
+        async def stop() -> None:
+            _send(entry.pid, signal.SIGSTOP)
+
+        async def resume() -> None:
             _send(entry.pid, signal.SIGCONT)
-        await self._cleared("pause", target, fault_id, "resumed")
+
+        await self._hold("pause", target, fault_id, duration_s, stop, resume, "resumed")
         return fault_id
+
+    async def _hold(self, fault: str, target: str, fault_id: str, duration_s: float,
+                    apply: Callable[[], Awaitable[None]], undo: Callable[[], Awaitable[None]], outcome: str) -> None:
+        """Apply a fault, keep it for duration_s, then undo it and store fault.cleared.
+
+        When cancelled part way, it undoes the fault and stores fault.cleared
+        with outcome "interrupted; <outcome>" before re-raising, because a
+        stopped process, a link left down or a hanging BMC would break the
+        cluster for good.
+        """
+        try:
+            await apply()
+            await asyncio.sleep(duration_s)
+        except asyncio.CancelledError:
+            await _despite_cancel(self._clear(fault, target, fault_id, undo, f"interrupted; {outcome}"))
+            raise
+        await self._clear(fault, target, fault_id, undo, outcome)
+
+    async def _clear(self, fault: str, target: str, fault_id: str, undo: Callable[[], Awaitable[None]],
+                     outcome: str) -> None:
+        await undo()
+        await self._cleared(fault, target, fault_id, outcome)
 
     # ---- network faults ---------------------------------------------------------------
 
@@ -141,17 +171,17 @@ class Cluster:
         reaches neither the broker nor other agents, and they do not reach it.
         Needs a cluster started with `dcfleet up --netns`.
         """
-        if not duration_s > 0:
-            raise ValueError(f"duration_s must be greater than 0, got {duration_s}")
+        duration_s = check_seconds(duration_s, "duration_s")
         link = self.agent_link(target)
         fault_id = await self._injected("cut", target, link=link, duration_s=duration_s)
-        await asyncio.to_thread(_netns.set_link, link, False)
-        try:
-            await asyncio.sleep(duration_s)
-        finally:
-            # Synchronous, so it runs even when cancelled: a link left down would cut the agent for good.
-            _netns.set_link(link, True)
-        await self._cleared("cut", target, fault_id, f"link {link} up")
+
+        async def take_down() -> None:
+            await asyncio.to_thread(_netns.set_link, link, False)
+
+        async def restore() -> None:
+            await asyncio.to_thread(_netns.set_link, link, True)
+
+        await self._hold("cut", target, fault_id, duration_s, take_down, restore, f"link {link} up")
         return fault_id
 
     def agent_link(self, target: str) -> str:
@@ -171,15 +201,21 @@ class Cluster:
 
     async def bmc_fault(self, host: str, mode: str, duration_s: float, delay_s: float = 0.0) -> str:
         """Make a host's Redfish service respond with 500 (error), slowly (slow) or never (hang) for duration_s."""
+        duration_s = check_seconds(duration_s, "duration_s")
+        if mode == "slow":
+            delay_s = check_seconds(delay_s, "delay_s", MAX_DELAY_S)
         self.config.host(host)
         target = f"bmc:{host}"
         fault_id = await self._injected(f"bmc-{mode}", target, duration_s=duration_s, delay_s=delay_s)
-        await self._bmc_command(host, mode, delay_s)
-        try:
-            await asyncio.sleep(duration_s)
-        finally:
+
+        async def misbehave() -> None:
+            await self._bmc_command(host, mode, delay_s)
+
+        async def answer_normally() -> None:
             await self._bmc_command(host, "none", 0.0)
-        await self._cleared(f"bmc-{mode}", target, fault_id, "answering normally")
+
+        await self._hold(f"bmc-{mode}", target, fault_id, duration_s, misbehave, answer_normally,
+                         "answering normally")
         return fault_id
 
     async def _bmc_command(self, host: str, mode: str, delay_s: float) -> None:
@@ -188,6 +224,23 @@ class Cluster:
 
         await retry(lambda: self.client.request(BMC_FAULT_SUBJECT, proto.BmcFault(host, mode, delay_s)),
                     (CommandTimeout,), RESTART_WAIT_S)
+
+
+async def _despite_cancel(cleanup: Awaitable[T]) -> T:
+    """Await `cleanup` to its end even when the caller is cancelled again meanwhile; then raise that cancellation."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def _send(pid: int, signum: int) -> None:

@@ -37,13 +37,16 @@
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import random
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._config import ConfigError
+from .._config import ConfigError, parse_size_bytes
+from .._durations import MAX_FAULT_S
 from .._netns_plan import parse_subnet
 
 KINDS = ("kill", "pause", "restart", "broker-kill", "broker-pause", "bmc-error", "bmc-slow", "bmc-hang", "cut")
@@ -133,10 +136,10 @@ def parse_scenario(raw: dict[str, Any], path: str = "<scenario>") -> Scenario:
     scenario.hosts = _number(path, "workload.hosts", workload.get("hosts", 3), int, 1)
     if "vms" in workload:
         scenario.vms = _number(path, "workload.vms", workload["vms"], int, 0)
-    scenario.time_scale = _number(path, "workload.time_scale", workload.get("time_scale", 600), float, 1e-9)
+    scenario.time_scale = _positive(path, "workload.time_scale", workload.get("time_scale", 600))
     scenario.power_interval_s = _number(path, "workload.power_interval_s", workload.get("power_interval_s", 2),
                                         float, 0.5)
-    scenario.vm_memory = str(workload.get("vm_memory", "4M"))
+    scenario.vm_memory = _size(path, "workload.vm_memory", workload.get("vm_memory", "4M"))
     _parse_netns(path, workload, scenario)
     scenario.duration_s = _number(path, "run.duration_s", run.get("duration_s", 60), float, 1.0)
     scenario.settle_s = _number(path, "run.settle_s", run.get("settle_s", 10), float, 0.0)
@@ -209,11 +212,11 @@ def _parse_random(path: str, rand: dict[str, Any], scenario: Scenario) -> None:
                                     scenario.random_start_s)
     if scenario.random_end_s > scenario.duration_s:
         raise ScenarioError(path, "random.end_s", f"{scenario.random_end_s} is after run.duration_s")
-    kinds = tuple(rand.get("kinds", scenario.random_kinds))
+    kinds = _strings(path, "random.kinds", rand.get("kinds", list(scenario.random_kinds)))
     for kind in kinds:
         _check_kind(path, "random.kinds", kind)
     scenario.random_kinds = kinds
-    scenario.random_targets = tuple(str(t) for t in rand.get("targets", scenario.random_targets))
+    scenario.random_targets = _strings(path, "random.targets", rand.get("targets", list(scenario.random_targets)))
     if not _match_agents(scenario, scenario.random_targets):
         raise ScenarioError(path, "random.targets", f"no agent matches {list(scenario.random_targets)}")
     scenario.pause_range_s = _range(path, "random.pause_s", rand.get("pause_s", list(scenario.pause_range_s)))
@@ -222,11 +225,33 @@ def _parse_random(path: str, rand: dict[str, Any], scenario: Scenario) -> None:
 
 def _range(path: str, key: str, value: Any) -> tuple[float, float]:
     valid = (isinstance(value, list) and len(value) == 2
-             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-             and 0 < value[0] <= value[1])
+             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+             and 0 < value[0] <= value[1] <= MAX_FAULT_S)
     if not valid:
-        raise ScenarioError(path, key, f"expected [low, high] seconds with 0 < low <= high, got {value!r}")
+        raise ScenarioError(path, key, f"expected [low, high] seconds with 0 < low <= high <= {MAX_FAULT_S:g}, "
+                            f"got {value!r}")
     return float(value[0]), float(value[1])
+
+
+def _strings(path: str, key: str, value: Any) -> tuple[str, ...]:
+    """Return an array of strings as a tuple; a bare string is rejected, since it would be read letter by letter."""
+    if isinstance(value, str):
+        quoted = json.dumps(value)
+        raise ScenarioError(path, key, f"expected an array of strings, got the string {quoted}; write [{quoted}]")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ScenarioError(path, key, f"expected an array of strings, got {value!r}")
+    return tuple(value)
+
+
+def _size(path: str, key: str, value: Any) -> str:
+    """Check a memory size as `dcfleet up --vm-memory` takes it (4M, 512K, bytes); return it as text."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ScenarioError(path, key, f"expected a size such as \"4M\", got {value!r}")
+    try:
+        parse_size_bytes(str(value))
+    except ValueError as exc:
+        raise ScenarioError(path, key, str(exc)) from None
+    return str(value)
 
 
 def _check_keys(path: str, table: str, values: Any, known: tuple[str, ...]) -> None:
@@ -245,8 +270,9 @@ def _parse_fixed(path: str, index: int, fault: dict[str, Any], scenario: Scenari
     at_s = _number(path, f"{key}.at_s", fault.get("at_s"), float, 0.0)
     lasting = kind in LASTING_KINDS
     duration_s = _number(path, f"{key}.duration_s", fault.get("duration_s", 2.0), float, 0.0) if lasting else 0.0
-    if kind == "cut" and duration_s <= 0:
-        raise ScenarioError(path, f"{key}.duration_s", "a cut must last more than 0 s")
+    if lasting and not 0 < duration_s <= MAX_FAULT_S:
+        raise ScenarioError(path, f"{key}.duration_s", f"a {kind} must last more than 0 s and at most "
+                            f"{MAX_FAULT_S:g} s, got {duration_s:g}")
     if at_s + duration_s > scenario.duration_s:
         raise ScenarioError(path, key, f"ends at {at_s + duration_s} s, after run.duration_s")
     target = str(fault.get("target", ""))
@@ -266,9 +292,18 @@ def _check_kind(path: str, key: str, kind: Any) -> str:
 def _number(path: str, key: str, value: Any, kind: type, minimum: float) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ScenarioError(path, key, f"expected a{'n integer' if kind is int else ' number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ScenarioError(path, key, f"must be a finite number, got {value}")
     if value < minimum:
         raise ScenarioError(path, key, f"must be at least {minimum:g}, got {value}")
     return kind(value)
+
+
+def _positive(path: str, key: str, value: Any) -> float:
+    number = _number(path, key, value, float, 0.0)
+    if number == 0:
+        raise ScenarioError(path, key, "must be positive, got 0")
+    return number
 
 
 def _match_agents(scenario: Scenario, patterns: tuple[str, ...]) -> list[str]:
