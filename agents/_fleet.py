@@ -92,9 +92,9 @@ def add_up_options(up: Any) -> None:
     up.add_argument("--netns", action="store_true",
                     help="run every agent process in its own network namespace, joined to a bridge by a veth "
                     "pair, with the broker on the bridge; allows `dcfleet inject cut` (Linux, root only)")
-    up.add_argument("--netns-subnet", default=DEFAULT_SUBNET, metavar="CIDR",
-                    help=f"private IPv4 subnet of the bridge and the namespaces (default: {DEFAULT_SUBNET}); "
-                    "the bridge takes its first address")
+    up.add_argument("--netns-subnet", metavar="CIDR",
+                    help=f"with --netns: IPv4 subnet of the bridge and the namespaces, inside 10.0.0.0/8, "
+                    f"172.16.0.0/12 or 192.168.0.0/16 (default: {DEFAULT_SUBNET}); the bridge takes its first address")
     up.add_argument("--secure", action="store_true",
                     help="give every agent its own NKey with least-privilege subject permissions, and use "
                     "TLS on the bus (files in <state dir>/secrets/); the Redfish services use HTTPS in every cluster")
@@ -102,6 +102,8 @@ def add_up_options(up: Any) -> None:
 
 def up_option_values(args: Any) -> dict[str, Any]:
     """UpOptions fields from the parsed `dcfleet up` options that add_up_options defines."""
+    if args.netns_subnet is not None and not args.netns:
+        raise ConfigError("--netns-subnet sets the subnet of --netns; add --netns, or drop --netns-subnet")
     return {
         "hosts_per_process": args.hosts_per_process,
         "heartbeat_interval_s": args.heartbeat_interval,
@@ -109,7 +111,7 @@ def up_option_values(args: Any) -> dict[str, Any]:
         "nats_sync_always": args.nats_sync == "always",
         "secure": args.secure,
         "netns": args.netns,
-        "netns_subnet": args.netns_subnet,
+        "netns_subnet": args.netns_subnet or DEFAULT_SUBNET,
     }
 
 

@@ -16,13 +16,23 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from ._config import ConfigError
-from ._netns_plan import AGENT_INTERFACE, LINK_PREFIX, NAMESPACE_PREFIX, NetnsPlan, overlapping_routes, state_dir_tag
+from ._netns_plan import (
+    AGENT_INTERFACE,
+    LINK_PREFIX,
+    NAMESPACE_PREFIX,
+    NetnsPlan,
+    bridge_tag,
+    leftover_bridge_hint,
+    overlapping_routes,
+    state_dir_tag,
+)
 
 log = structlog.get_logger()
 
@@ -66,8 +76,12 @@ def _write_record(state_dir: str | Path, plan: NetnsPlan) -> None:
 # ---- the ip command ----------------------------------------------------------------
 
 
+def _ip_path() -> str | None:
+    return shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
+
+
 def find_ip() -> str:
-    found = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), None)
+    found = _ip_path()
     if found is None:
         raise ConfigError("--netns needs the `ip` command of iproute2, which was not found; "
                           "install iproute2 (Debian: apt-get install iproute2)")
@@ -130,11 +144,23 @@ def link_is_up(link: str) -> bool:
 
 
 def check_subnet_free(plan: NetnsPlan) -> None:
-    """Reject a subnet that a route of the root namespace already covers."""
-    clashes = overlapping_routes(plan.subnet, _ip_json("-4", "route", "show"), plan.bridge)
-    if clashes:
-        raise ConfigError(f"--netns-subnet {plan.subnet} overlaps routes of this machine ({'; '.join(clashes)}); "
-                          "pass another private subnet")
+    """Reject a subnet that a route of the root namespace already covers.
+
+    When the route goes through the bridge of another state dir's cluster, the
+    error states whether that cluster still runs and how to remove what it left.
+    """
+    routes = _ip_json("-4", "route", "show")
+    clashes = overlapping_routes(plan.subnet, routes, plan.bridge)
+    if not clashes:
+        return
+    hints = []
+    for device in sorted({route.split(" dev ", 1)[1] for route in clashes}):
+        tag = bridge_tag(device)
+        if tag is not None:
+            owned = [n for n in namespaces() if n.startswith(f"{NAMESPACE_PREFIX}{tag}-")]
+            hints.append(leftover_bridge_hint(device, owned, any(pids_in(n) for n in owned)))
+    raise ConfigError(f"--netns-subnet {plan.subnet} overlaps routes of this machine ({'; '.join(clashes)}); "
+                      "pass another private subnet" + "".join(f". {hint}" for hint in hints))
 
 
 def create(state_dir: str | Path, plan: NetnsPlan) -> None:
@@ -156,7 +182,26 @@ def create(state_dir: str | Path, plan: NetnsPlan) -> None:
     log.debug("netns.created", bridge=plan.bridge, subnet=plan.subnet, namespaces=len(plan.agents))
 
 
-def delete(state_dir: str | Path) -> list[str]:
+@dataclass
+class Deleted:
+    """Namespaces and links that `delete` removed, and the pids it stopped in each namespace."""
+
+    names: list[str] = field(default_factory=list)
+    stopped: dict[str, list[int]] = field(default_factory=dict)
+
+
+def may_have_leftovers(state_dir: str | Path) -> bool:
+    """Whether `delete` should run for a state dir: it has a record, or this process is root with `ip`.
+
+    Without a record, leftovers are found by the state dir's tag, which needs
+    `ip netns list`; namespaces can only exist where root created them.
+    """
+    if record_path(state_dir).exists():
+        return True
+    return os.geteuid() == 0 and _ip_path() is not None
+
+
+def delete(state_dir: str | Path) -> Deleted:
     """Delete every namespace and link of the state dir's runs, recorded or tagged; return what was deleted.
 
     Processes still running in one of those namespaces (agents of a supervisor
@@ -169,21 +214,23 @@ def delete(state_dir: str | Path) -> list[str]:
     doomed = [n for n in existing if n.startswith(namespace_prefix)]
     if plan is not None:
         doomed += [a.namespace for a in plan.agents.values() if a.namespace in existing and a.namespace not in doomed]
-    deleted = []
+    deleted = Deleted()
     for namespace in doomed:
-        _stop_processes_in(namespace)
+        stopped = _stop_processes_in(namespace)
+        if stopped:
+            deleted.stopped[namespace] = stopped
     # Deleting the root-side end of a veth pair deletes both ends at once; a deleted namespace would
     # destroy its end only later, from the kernel's cleanup work.
     for link in links():
         if link.startswith(link_prefix):
             _delete_link(link)
-            deleted.append(link)
+            deleted.names.append(link)
     for namespace in doomed:
         ip("netns", "delete", namespace)
-        deleted.append(namespace)
+        deleted.names.append(namespace)
     record_path(state_dir).unlink(missing_ok=True)
-    if deleted:
-        log.debug("netns.deleted", deleted=deleted)
+    if deleted.names:
+        log.debug("netns.deleted", deleted=deleted.names, stopped=deleted.stopped)
     return deleted
 
 
@@ -194,16 +241,17 @@ def _delete_link(link: str) -> None:
         raise NetnsError(["ip", "link", "delete", "dev", link], result.stderr.strip())
 
 
-def _stop_processes_in(namespace: str) -> None:
+def _stop_processes_in(namespace: str) -> list[int]:
+    """Stop the processes running in a namespace; return their pids."""
     pids = pids_in(namespace)
     if not pids:
-        return
-    log.warning("netns.leftover_processes", namespace=namespace, pids=pids)
+        return []
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + LEFTOVER_STOP_S
     while pids_in(namespace) and time.monotonic() < deadline:
         time.sleep(0.1)
     _signal_all(pids_in(namespace), signal.SIGKILL)
+    return pids
 
 
 def pids_in(namespace: str) -> list[int]:

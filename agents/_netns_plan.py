@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ LINK_PREFIX = "dcf"
 TAG_LENGTH = 6
 # The agent's end of its veth pair, inside its own namespace.
 AGENT_INTERFACE = "eth0"
+# Private address space of RFC 1918.
+PRIVATE_RANGES = tuple(ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,9 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         raise ConfigError(f"invalid --netns-subnet {text!r}: {exc}; use CIDR notation, e.g. {DEFAULT_SUBNET}") from None
     if not isinstance(network, ipaddress.IPv4Network):
         raise ConfigError(f"invalid --netns-subnet {text!r}: only IPv4 subnets are supported")
-    if not network.is_private or network.is_loopback or network.is_link_local:
+    # ipaddress's is_private also covers 0.0.0.0/8, documentation and benchmarking ranges,
+    # which are no place for a bridge: only the RFC 1918 ranges are accepted.
+    if not any(network.subnet_of(private) for private in PRIVATE_RANGES):
         raise ConfigError(f"invalid --netns-subnet {text!r}: use a private range (10.0.0.0/8, 172.16.0.0/12 "
                           "or 192.168.0.0/16)")
     if network.prefixlen > 29:
@@ -133,6 +138,24 @@ def overlapping_routes(subnet: str, routes: list[dict[str, Any]], own_bridge: st
         if other.version == network.version and other.overlaps(network):
             found.append(f"{destination} dev {route.get('dev', '?')}")
     return found
+
+
+def bridge_tag(link: str) -> str | None:
+    """Return the state dir tag of a dcfleet bridge name (`dcf<tag>br`), or None for another link."""
+    match = re.fullmatch(f"{LINK_PREFIX}([0-9a-f]{{{TAG_LENGTH}}})br", link)
+    return match.group(1) if match else None
+
+
+def leftover_bridge_hint(bridge: str, namespaces: list[str], running: bool) -> str:
+    """Say how to free a subnet held by another state dir's dcfleet bridge and its namespaces."""
+    if running:
+        return (f"{bridge} is the bridge of a dcfleet cluster that still runs (processes run in its namespaces "
+                f"{', '.join(namespaces)}); stop that `dcfleet up` first")
+    command = f"ip link delete dev {bridge}"
+    if namespaces:
+        command += f"; for n in {' '.join(namespaces)}; do ip netns delete $n; done"
+    return (f"{bridge} was left by a `dcfleet up --netns` whose supervisor was killed; `dcfleet up` on that "
+            f"cluster's state dir removes it, or remove it by hand as root: {command}")
 
 
 def check_up_options(options: Any) -> None:

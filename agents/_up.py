@@ -29,6 +29,7 @@ from ._process import set_parent_death_signal
 from ._restarter import Restarter
 from ._supervise import PidRegistry, ProcessEntry
 from ._summary import Summary
+from ._text import plural
 from ._vmstore import HostStore
 from ._workload import VM_TYPES_MIPS, default_trace_dir, load_traces
 from .host._secure_boot import prepare_secure_boot
@@ -39,6 +40,9 @@ from .host._host_memory import host_arch
 log = structlog.get_logger()
 
 AGENT_STOP_TIMEOUT_S = 10.0
+# Exit status of `dcfleet up` when it had to kill an agent that did not stop after SIGTERM:
+# the agent skipped its clean stop, so its state on disk may be older than its last events.
+EXIT_FORCED_STOP = 1
 
 
 @dataclass
@@ -176,14 +180,22 @@ class Supervisor:
         self.summary: Summary | None = None
         self.stop_reason = ""
         self.netns: NetnsPlan | None = None
+        # Agents killed at the stop because SIGTERM did not stop them in time.
+        self.forced_stops: list[str] = []
 
     async def run(self) -> int:
+        """Run the cluster until a signal or --duration; return the exit status.
+
+        Every option is checked before the state dir is written, so a rejected
+        `up` leaves no cluster.json, keys or secrets behind. The exit status is
+        EXIT_FORCED_STOP when an agent had to be killed at the stop.
+        """
         check_not_running(self.options.state_dir)
-        self.options.state_dir.mkdir(parents=True, exist_ok=True)
         config = self.config = build_config(self.options)
         if self.options.netns:
-            _netns.preflight()
-            self.netns = _fleet.netns_plan(config, self.options.hosts_per_process, self.options.netns_subnet)
+            self.netns = await asyncio.to_thread(self._check_netns, config)
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._delete_netns_leftovers, config)
         prepare_state(config)
         clear_run_state(config)
         loop = asyncio.get_running_loop()
@@ -194,7 +206,39 @@ class Supervisor:
             await self._watch(config)
         finally:
             await self._shutdown(config)
-        return 0
+        return self.exit_status()
+
+    def exit_status(self) -> int:
+        return EXIT_FORCED_STOP if self.forced_stops else 0
+
+    def _check_netns(self, config: ClusterConfig) -> NetnsPlan:
+        _netns.preflight()
+        plan = _fleet.netns_plan(config, self.options.hosts_per_process, self.options.netns_subnet)
+        _netns.check_subnet_free(plan)
+        return plan
+
+    def _delete_netns_leftovers(self, config: ClusterConfig) -> None:
+        """Delete the namespaces and links an earlier `up --netns` on this state dir left, in every mode."""
+        if not _netns.may_have_leftovers(config.state_dir):
+            return
+        if os.geteuid() != 0:
+            self.note(f"dcfleet: warning: {_netns.record_path(config.state_dir)} lists network namespaces of an "
+                      "earlier `dcfleet up --netns`; deleting them needs root, so they stay until a `dcfleet up` "
+                      "as root on this state dir")
+            return
+        try:
+            deleted = _netns.delete(config.state_dir)
+        except ConfigError as exc:
+            if self.netns is not None:
+                raise
+            self.note(f"dcfleet: warning: cannot look for network namespaces left by an earlier run: {exc}")
+            return
+        for namespace, pids in deleted.stopped.items():
+            self.note(f"dcfleet: stopped {plural(len(pids), 'process', 'processes')} left running in network "
+                      f"namespace {namespace} (pids {', '.join(map(str, pids))})")
+        if deleted.names:
+            self.note(f"dcfleet: deleted {len(deleted.names)} network namespaces and links left by an earlier run: "
+                      f"{', '.join(deleted.names)}")
 
     def _on_signal(self, signum: int) -> None:
         if self.stopping.is_set():
@@ -218,7 +262,8 @@ class Supervisor:
         config.save()
         brokers = ", ".join(_bus.server_urls(config))
         print(f"dcfleet: broker {brokers}, state dir {config.state_dir}", flush=True)
-        print(f"dcfleet: {len(config.hosts)} hosts, {len(config.vms)} VMs, time scale {config.time_scale:g}x; "
+        print(f"dcfleet: {plural(len(config.hosts), 'host')}, {plural(len(config.vms), 'VM')}, time scale "
+              f"{config.time_scale:g}x; "
               "Ctrl-C stops the cluster", flush=True)
         for name, kind, agent_id in _fleet.host_children(config, self.options.hosts_per_process):
             await self._spawn(name, kind, agent_id)
@@ -228,13 +273,7 @@ class Supervisor:
         await self._spawn("power", "power", "power")
 
     def _create_netns(self, plan: NetnsPlan) -> None:
-        """Delete what an earlier run on this state dir left, then create the bridge and namespaces."""
         assert self.config is not None
-        leftovers = _netns.delete(self.config.state_dir)
-        if leftovers:
-            self.note(f"dcfleet: deleted {len(leftovers)} namespaces and links left by an earlier run: "
-                      f"{', '.join(leftovers)}")
-        _netns.check_subnet_free(plan)
         _netns.create(self.config.state_dir, plan)
         print(f"dcfleet: {len(plan.agents)} network namespaces {plan.namespace_prefix}*, bridge {plan.bridge} "
               f"{plan.bridge_address}/{plan.prefix_length}", flush=True)
@@ -343,16 +382,21 @@ class Supervisor:
             config.save()
         except OSError as exc:
             print(f"dcfleet: cannot update {config.path}: {exc}", file=sys.stderr)
-        print("dcfleet: cluster stopped", flush=True)
+        if self.forced_stops:
+            print(f"dcfleet: cluster stopped, but {plural(len(self.forced_stops), 'agent')} had to be killed "
+                  f"({', '.join(self.forced_stops)}); see their logs in {Path(config.state_dir) / 'logs'}",
+                  file=sys.stderr, flush=True)
+        else:
+            print("dcfleet: cluster stopped", flush=True)
 
     async def _delete_netns(self, config: ClusterConfig) -> None:
         try:
             deleted = await asyncio.to_thread(_netns.delete, config.state_dir)
         except ConfigError as exc:
-            print(f"dcfleet: cannot delete the network namespaces: {exc}; the next `dcfleet up --netns "
-                  f"--state-dir {config.state_dir}` deletes them", file=sys.stderr, flush=True)
+            print(f"dcfleet: cannot delete the network namespaces: {exc}; the next `dcfleet up --state-dir "
+                  f"{config.state_dir}` as root deletes them", file=sys.stderr, flush=True)
             return
-        print(f"dcfleet: deleted {len(deleted)} network namespaces and links", flush=True)
+        print(f"dcfleet: deleted {len(deleted.names)} network namespaces and links", flush=True)
 
     async def _stop_children(self, children: list[Child]) -> None:
         for child in children:
@@ -367,6 +411,7 @@ class Supervisor:
             if isinstance(result, asyncio.TimeoutError):
                 print(f"dcfleet: agent {child.name} did not stop within {AGENT_STOP_TIMEOUT_S:g} s; killing it",
                       file=sys.stderr, flush=True)
+                self.forced_stops.append(child.name)
                 child.process.kill()
                 await child.process.wait()
 

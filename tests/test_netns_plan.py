@@ -56,6 +56,12 @@ def test_plan_rejects_subnet_too_small_for_agents(tmp_path):
     ("10.213.0.1/24", "host bits set"),
     ("8.8.8.0/24", "private range"),
     ("127.0.0.0/8", "private range"),
+    ("0.0.0.0/24", "private range"),
+    ("192.0.2.0/24", "private range"),
+    ("198.18.0.0/24", "private range"),
+    ("100.64.0.0/24", "private range"),
+    ("172.32.0.0/24", "private range"),
+    ("10.0.0.0/7", "private range"),
     ("fd00::/64", "only IPv4"),
     ("banana", "CIDR notation"),
 ])
@@ -64,8 +70,9 @@ def test_subnet_rejected(text, reason):
         parse_subnet(text)
 
 
-def test_subnet_accepted():
-    assert parse_subnet("172.20.0.0/16") == ipaddress.ip_network("172.20.0.0/16")
+@pytest.mark.parametrize("text", ["172.20.0.0/16", "10.0.0.0/8", "192.168.255.0/24", "172.31.255.248/29"])
+def test_subnet_accepted(text):
+    assert parse_subnet(text) == ipaddress.ip_network(text)
 
 
 def test_overlapping_routes_found():
