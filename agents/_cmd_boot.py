@@ -276,6 +276,8 @@ async def _force_restart(config: ClusterConfig, host_id: str) -> None:
     """POST ComputerSystem.Reset with ResetType ForceRestart to the host's BMC."""
     import aiohttp
 
+    from ._http_errors import describe_http_error
+
     host = config.host(host_id)
     password = config.bmc_password_file().read_text().strip()
     url = f"{_bus.redfish_base_url(config, host)}/redfish/v1/Systems/{host_id}/Actions/ComputerSystem.Reset"
@@ -289,8 +291,8 @@ async def _force_restart(config: ClusterConfig, host_id: str) -> None:
                     body = await response.text()
                     raise ConfigError(f"BMC of {host_id} rejected ForceRestart: HTTP {response.status}: {body[:300]}")
     except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-        raise ConfigError(f"BMC of {host_id} unreachable at {url}: {error!r}; the fault is on disk and shows "
-                          "at the host's next boot") from None
+        raise ConfigError(f"BMC of {host_id} unreachable at {url}: {describe_http_error(error, 15)}; the fault is "
+                          "on disk and shows at the host's next boot") from None
 
 
 async def _report_boot(subscription, host_id: str, expected_file: str, timeout_s: float) -> int:

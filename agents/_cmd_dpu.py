@@ -5,26 +5,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 from typing import Any
 
 import proto
 from proto import subjects
 
 from ._agent import CommandFailed, CommandTimeout
-from ._client import cluster_client
+from ._client import ClusterClient, cluster_client
 from ._config import ConfigError
+from ._supervise import RestartPolicy, retry
 
 COMMANDS = ("provision-dpu",)
 DEFAULT_TIMEOUT_S = 300.0
-REQUEST_TIMEOUT_S = 30.0
+# How long a host gets to respond to a status request before the command reports it down.
+HOST_RESPONSE_TIMEOUT_S = 30.0
+# One attempt of a request. A request lost in a network cut is sent again after this, under the same
+# request id, so the host starts the provision once however many attempts reach it.
+STATUS_ATTEMPT_S = 2.0
+PROVISION_ATTEMPT_S = 5.0
+# How long the host may take to reply to the provision request. It requests the DPU list from an
+# unavailable BMC for up to agents.host._installer.LIST_RETRY_S (60 s) before it replies.
+PROVISION_REPLY_TIMEOUT_S = 90.0
 EXIT_FAILED = 1
 
 _DESCRIPTION = """\
 Ask the host's installer to provision the management OS of each DPU its BMC lists. The
 installer picks the catalog image for the DPU's model (the newest, or --image), wraps it in
 a UEFI FMP capsule signed with the cluster's capsule key and the next MonotonicCount, serves
-it on loopback and hands its URI to the BMC with Redfish UpdateService.SimpleUpdate. This
-command prints the BMC task's state and PercentComplete until the task ends.
+it over HTTP on the host agent's address (loopback, or the agent's namespace address under
+`dcfleet up --netns`) and hands its URI to the BMC with Redfish UpdateService.SimpleUpdate.
+This command prints the BMC task's state and PercentComplete until the task ends.
+
+A host that responds to no status request within 30 s is reported as not running. Requests lost
+in a network cut are sent again; the host starts each provision once.
 
 The events are dpu.provision_started, dpu.provision_progress, and dpu.provisioned or
 dpu.provision_failed. A failed task leaves the previously installed OS in place.
@@ -71,18 +85,52 @@ async def _provision(args: argparse.Namespace) -> int:
         # Subscribe before the request, so no event of this provision is missed.
         events = await client.nc.subscribe(subjects.event("dpu.>"))
         try:
-            reply = await client.request(subjects.host_command(args.host, "provision_dpu"),
-                                         proto.HostProvisionDpu(image=args.image), REQUEST_TIMEOUT_S)
+            reply = await request_provision(client, args.host, args.image)
         except CommandFailed as exc:
             raise ConfigError(exc.error) from None
-        except CommandTimeout:
-            raise ConfigError(f"host {args.host} did not respond within {REQUEST_TIMEOUT_S:g} s; "
+        except HostNotResponding:
+            raise ConfigError(f"host {args.host} did not respond within {HOST_RESPONSE_TIMEOUT_S:g} s; "
                               "is it running?") from None
+        except CommandTimeout as exc:
+            raise ConfigError(f"host {args.host} responded to a status request but not to the provision request "
+                              f"within {exc.timeout_s:g} s; see its log, logs/host-{args.host}.log") from None
         provisions = {p["provision"]: p for p in reply.get("provisions", [])}
         for p in provisions.values():
             print(f"{args.host}: provisioning {p['dpu']} with {p['image']} (version {p['version']}), "
                   f"provision {p['provision']}", flush=True)
         return await _follow(events, provisions, args.timeout)
+
+
+async def request_provision(client: ClusterClient, host: str, image: str) -> dict[str, Any]:
+    """Ask a host to provision its DPUs; return its reply.
+
+    Waits up to HOST_RESPONSE_TIMEOUT_S for the host to respond to a status
+    request, then sends the provision request under one request id, again
+    after each PROVISION_ATTEMPT_S without a reply. Raises CommandTimeout
+    when the host does not answer and CommandFailed for an error reply.
+    """
+    status_subject = subjects.host_command(host, "status")
+    try:
+        await retry(lambda: client.request(status_subject, proto.HostStatusRequest(), STATUS_ATTEMPT_S),
+                    (CommandTimeout,), HOST_RESPONSE_TIMEOUT_S, _attempt_wait())
+    except CommandTimeout:
+        raise HostNotResponding(status_subject, HOST_RESPONSE_TIMEOUT_S) from None
+    message = proto.HostProvisionDpu(image=image, request_id=uuid.uuid4().hex)
+    subject = subjects.host_command(host, "provision_dpu")
+    try:
+        return await retry(lambda: client.request(subject, message, PROVISION_ATTEMPT_S), (CommandTimeout,),
+                           PROVISION_REPLY_TIMEOUT_S, _attempt_wait())
+    except CommandTimeout:
+        raise CommandTimeout(subject, PROVISION_REPLY_TIMEOUT_S) from None
+
+
+class HostNotResponding(CommandTimeout):
+    """The host answered no status request in time: its agent is down or cut off."""
+
+
+def _attempt_wait() -> RestartPolicy:
+    # Short pauses between attempts, since each attempt already waited for its reply.
+    return RestartPolicy(initial_s=0.2, factor=2.0, max_s=1.0)
 
 
 async def _follow(subscription: Any, provisions: dict[str, dict], timeout_s: float) -> int:

@@ -75,6 +75,11 @@ class DpuInstall(Message):
 
 @message("host.provision_dpu")
 class HostProvisionDpu(Message):
-    """Provision the management OS of every DPU of the host; `image` "" picks the newest per model."""
+    """Provision the management OS of every DPU of the host; `image` "" picks the newest per model.
+
+    A repeated `request_id` gets the reply of the first request with that id
+    and starts nothing new, so a sender may repeat a request whose reply it lost.
+    """
 
     image: str = ""
+    request_id: str = ""

@@ -10,21 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import proto
-from proto import subjects
-
 from .._agent import CommandFailed, CommandTimeout
 from .._config import ClusterConfig, ConfigError, pid_alive
+from .._durations import MAX_DELAY_S
 from .._process import set_parent_death_signal
 from .._supervise import PidRegistry
+from .._text import plural
 from ..checker import check_events, print_report, read_stream
 from ._cluster import Cluster, FaultTargetError
 from ._scenario import BMC_KINDS, PlannedAction, PlannedFault, Scenario, plan
 
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 90.0
-# How long an action's command waits for the agent's reply (a provision replies once it has started).
-ACTION_REPLY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -40,9 +37,9 @@ class RunResult:
 
 async def run_scenario(scenario: Scenario, seed: int, state_dir: Path, out: TextIO = sys.stdout) -> RunResult:
     faults = plan(scenario, seed)
-    actions = f", {len(scenario.actions)} actions" if scenario.actions else ""
-    out.write(f"chaos: scenario {scenario.path}, seed {seed}: {len(faults)} faults{actions} over "
-              f"{scenario.duration_s:g} s on {scenario.hosts} hosts; state dir {state_dir}\n")
+    actions = f", {plural(len(scenario.actions), 'action')}" if scenario.actions else ""
+    out.write(f"chaos: scenario {scenario.path}, seed {seed}: {plural(len(faults), 'fault')}{actions} over "
+              f"{scenario.duration_s:g} s on {plural(scenario.hosts, 'host')}; state dir {state_dir}\n")
     out.flush()
     up = await _start_up(scenario, state_dir)
     injected = failed = actions_failed = 0
@@ -61,10 +58,10 @@ async def run_scenario(scenario: Scenario, seed: int, state_dir: Path, out: Text
     report = check_events(await read_stream(str(state_dir), None))
     print_report(report, out)
     status = 0 if report.ok and failed == 0 and actions_failed == 0 else 1
-    started = f", {len(scenario.actions) - actions_failed} actions started, {actions_failed} failed to start" \
-        if scenario.actions else ""
-    out.write(f"chaos: {injected} faults injected, {failed} could not be injected{started}, "
-              f"{len(report.violations)} violations\n")
+    started = f", {plural(len(scenario.actions) - actions_failed, 'action')} started, {actions_failed} failed to " \
+        "start" if scenario.actions else ""
+    out.write(f"chaos: {plural(injected, 'fault')} injected, {failed} could not be injected{started}, "
+              f"{plural(len(report.violations), 'violation')}\n")
     return RunResult(len(faults), injected, failed, len(report.violations), status,
                      len(scenario.actions), actions_failed)
 
@@ -157,8 +154,9 @@ async def _act(cluster: Cluster, actions: list[PlannedAction], out: TextIO) -> i
 async def act(cluster: Cluster, action: PlannedAction) -> str:
     """Send one action's command and return what the cluster accepted. Its outcome arrives as events."""
     if action.kind == "provision-dpu":
-        reply = await cluster.client.request(subjects.host_command(action.host, "provision_dpu"),
-                                             proto.HostProvisionDpu(image=action.image), ACTION_REPLY_TIMEOUT_S)
+        from .._cmd_dpu import request_provision
+
+        reply = await request_provision(cluster.client, action.host, action.image)
         provisions = reply.get("provisions", [])
         return ", ".join(f"provision {p['provision']} of {p['dpu']} with {p['image']}" for p in provisions)
     raise ValueError(f"unknown action kind {action.kind!r}")
@@ -176,7 +174,7 @@ async def inject(cluster: Cluster, fault: PlannedFault) -> str:
         return await cluster.cut(fault.target, fault.duration_s)
     if fault.kind in BMC_KINDS:
         mode = fault.kind.removeprefix("bmc-")
-        delay_s = fault.duration_s / 2 if mode == "slow" else 0.0
+        delay_s = min(fault.duration_s / 2, MAX_DELAY_S) if mode == "slow" else 0.0
         return await cluster.bmc_fault(fault.target, mode, fault.duration_s, delay_s)
     raise ValueError(f"unknown fault kind {fault.kind!r}")
 

@@ -283,7 +283,7 @@ class HostAgent(MigrationSourceMixin, MigrationDestinationMixin, GuestMemoryMixi
 
     async def on_provision_dpu(self, message: proto.HostProvisionDpu, _msg: Any) -> dict[str, Any]:
         """Start provisioning the management OS of the host's DPUs through its BMC (agents.host._installer)."""
-        return await self.dpu_installer.provision(message.image)
+        return await self.dpu_installer.provision(message.image, message.request_id)
 
     async def stop(self) -> None:
         await self.dpu_installer.close()

@@ -2,8 +2,9 @@
 
 For each DPU the BMC lists (`Systems` members with `"SystemType": "DPU"`), the installer picks
 the catalog image for the DPU's model, wraps it in an FMP capsule signed with the cluster's
-capsule signer and the next MonotonicCount, serves it from its own HTTP server on loopback, and
-hands the URI to the BMC with `UpdateService.SimpleUpdate` (Targets: the DPU's updateable
+capsule signer and the next MonotonicCount, serves it from its own HTTP server on the host
+agent's address (loopback, or its namespace address under `dcfleet up --netns`), and hands the
+URI to the BMC with `UpdateService.SimpleUpdate` (Targets: the DPU's updateable
 FirmwareInventory entry). It follows the task monitor until the task ends and publishes
 `dpu.provision_started`, `dpu.provision_progress`, then `dpu.provisioned` or
 `dpu.provision_failed`.
@@ -33,6 +34,8 @@ from .. import _bus
 from .._agent import HandlerError
 from .._capsule_keys import load_signer, next_monotonic_count
 from .._config import ConfigError, listen_address
+from .._http_errors import describe_http_error
+from .._supervise import RestartPolicy, retry
 from ..bmc._material import account, read_password
 from ._dpu_catalog import CatalogError, CatalogImage, ImageNotFound, choose_image, load_catalog
 from ._provision_journal import OpenProvision, ProvisionJournal
@@ -41,17 +44,22 @@ if TYPE_CHECKING:
     from .._agent import Agent
 
 V1 = "/redfish/v1"
+# Timeout of SimpleUpdate, which is not repeated once sent: a repeat could start a second update.
 REDFISH_TIMEOUT_S = 15.0
+# Timeouts of one attempt of a GET, which is repeated while the BMC is unavailable. Short, so a
+# request lost in a network cut is sent again soon after the cut ends.
+REDFISH_GET_TIMEOUT_S = 5.0
+REDFISH_CONNECT_TIMEOUT_S = 3.0
 TASK_POLL_S = 0.5
 # Maximum time a provision follows one BMC task before it reports the task as stuck.
 TASK_TIMEOUT_S = 600.0
-# How long a provision request keeps asking an unavailable BMC for its DPUs. With REDFISH_TIMEOUT_S per
-# request, the reply stays within the 30 s that `dcfleet provision-dpu` waits.
-LIST_RETRY_S = 8.0
-LIST_RETRY_WAIT_S = 1.0
-# How long the task monitor may stay unavailable (a network cut, a BMC restarting or failing) before the
-# provision fails.
+# How long the BMC may stay unavailable (a network cut, a BMC or DPU agent restarting or failing) while a
+# provision lists the DPUs, follows the task monitor or reads the installed version, before it fails.
 BMC_UNAVAILABLE_S = 60.0
+LIST_RETRY_S = BMC_UNAVAILABLE_S
+LIST_RETRY_WAIT_S = 1.0
+# How many provision request ids a host remembers, so that a repeated request gets the first reply.
+REMEMBERED_REQUESTS = 64
 FINAL_TASK_STATES = ("Completed", "Killed", "Exception", "Cancelled")
 
 
@@ -66,6 +74,10 @@ class ProvisionFailed(Exception):
 
 class BmcUnavailable(ProvisionFailed):
     """A Redfish request got no response (connection failed, timed out) or a 5xx one; a later one may succeed."""
+
+
+class _NotConnected(ProvisionFailed):
+    """No connection to the BMC could be made, so the request was not sent."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,40 @@ class DpuInstaller:
         self.base_url = ""
         self.busy: set[str] = set()
         self.journal = ProvisionJournal(agent.config.state_dir, host_id)
+        # Replies (or HandlerErrors) of recent requests by request id, oldest first.
+        self.requests: dict[str, asyncio.Task] = {}
 
     # ---- entry point ---------------------------------------------------------------
 
-    async def provision(self, image_name: str) -> dict[str, Any]:
-        """Start provisioning every DPU of the host; return the provision ids at once."""
+    async def provision(self, image_name: str, request_id: str = "") -> dict[str, Any]:
+        """Start provisioning every DPU of the host; return the provision ids once they started.
+
+        A request whose request_id was seen before waits for the first one's
+        reply and starts nothing, so a client may repeat a request it lost.
+        """
+        if not request_id:
+            return await self._start_all(image_name)
+        first = self.requests.get(request_id)
+        if first is None:
+            first = self.agent.spawn(self._reply_of(image_name), f"provision request {request_id}")
+            self.requests[request_id] = first
+            while len(self.requests) > REMEMBERED_REQUESTS:
+                self.requests.pop(next(iter(self.requests)))
+        else:
+            self.agent.log.info("dpu.provision_request_repeated", request=request_id)
+        reply = await asyncio.shield(first)
+        if isinstance(reply, HandlerError):
+            raise HandlerError(str(reply))
+        return reply
+
+    async def _reply_of(self, image_name: str) -> dict[str, Any] | HandlerError:
+        # An error reply is a value here: the task is awaited by every repeat of its request.
+        try:
+            return await self._start_all(image_name)
+        except HandlerError as exc:
+            return exc
+
+    async def _start_all(self, image_name: str) -> dict[str, Any]:
         try:
             catalog = load_catalog()
             async with self._redfish() as http:
@@ -199,7 +240,8 @@ class DpuInstaller:
         task = await self._follow(http, provision_id, dpu_id, monitor_uri)
         if task.get("TaskState") != "Completed":
             raise ProvisionFailed(_task_reason(task), task.get("TaskState", ""))
-        inventory = await self._get(http, inventory_uri)
+        inventory = await retry(lambda: self._get(http, inventory_uri), (BmcUnavailable,), BMC_UNAVAILABLE_S,
+                                _wait_between_attempts())
         return task.get("@odata.id", monitor_uri), inventory.get("Version", "")
 
     async def _publish_capsule(self, provision: Provision) -> tuple[str, int]:
@@ -226,13 +268,18 @@ class DpuInstaller:
         return aiohttp.ClientSession(
             base_url=_bus.redfish_base_url(config, config.host(self.host_id)),
             auth=aiohttp.BasicAuth(operator.user, read_password(operator)),
-            timeout=aiohttp.ClientTimeout(total=REDFISH_TIMEOUT_S),
+            timeout=aiohttp.ClientTimeout(total=REDFISH_TIMEOUT_S, connect=REDFISH_CONNECT_TIMEOUT_S),
             connector=aiohttp.TCPConnector(ssl=_bus.redfish_client_ssl(config)),
         )
 
     async def _get(self, http: aiohttp.ClientSession, uri: str) -> dict[str, Any]:
+        """GET a Redfish resource in one attempt of at most REDFISH_GET_TIMEOUT_S.
+
+        Raises BmcUnavailable for no response or a 5xx one, which a later attempt may not get.
+        """
+        timeout = aiohttp.ClientTimeout(total=REDFISH_GET_TIMEOUT_S, connect=REDFISH_CONNECT_TIMEOUT_S)
         try:
-            async with http.get(uri) as response:
+            async with http.get(uri, timeout=timeout) as response:
                 body = await response.json(content_type=None)
                 if response.status >= 500:
                     raise BmcUnavailable(f"GET {uri}: HTTP {response.status}: {_error_text(body)}")
@@ -240,23 +287,17 @@ class DpuInstaller:
                     raise ProvisionFailed(f"GET {uri}: HTTP {response.status}: {_error_text(body)}")
                 return body
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise BmcUnavailable(f"GET {uri} failed: {exc!r}") from None
+            raise BmcUnavailable(f"GET {uri} failed: {describe_http_error(exc, REDFISH_GET_TIMEOUT_S)}") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise ProvisionFailed(f"GET {uri} failed: {exc!r}") from None
+            raise ProvisionFailed(f"GET {uri} failed: {describe_http_error(exc)}") from None
 
     async def _list_dpus_retrying(self, http: aiohttp.ClientSession) -> list[DpuTarget]:
         """List the DPUs, asking again for up to LIST_RETRY_S while the BMC is unavailable.
 
-        A BMC returns 503 while a DPU agent does not respond, and a later request may succeed.
+        A BMC returns 503 while a DPU agent does not respond (a cut, a restart), and a later request
+        may succeed.
         """
-        deadline = time.monotonic() + LIST_RETRY_S
-        while True:
-            try:
-                return await self._list_dpus(http)
-            except BmcUnavailable:
-                if time.monotonic() + LIST_RETRY_WAIT_S > deadline:
-                    raise
-                await asyncio.sleep(LIST_RETRY_WAIT_S)
+        return await retry(lambda: self._list_dpus(http), (BmcUnavailable,), LIST_RETRY_S, _wait_between_attempts())
 
     async def _list_dpus(self, http: aiohttp.ClientSession) -> list[DpuTarget]:
         systems = await self._get(http, f"{V1}/Systems")
@@ -281,6 +322,16 @@ class DpuInstaller:
         return targets
 
     async def _simple_update(self, http: aiohttp.ClientSession, image_uri: str, target_uri: str) -> str:
+        """POST SimpleUpdate; return the task monitor URI.
+
+        Repeated for up to BMC_UNAVAILABLE_S only while no connection can be made, because then the
+        request was never sent. A request that was sent and got no reply is not repeated, since the
+        BMC may have started the update.
+        """
+        return await retry(lambda: self._post_simple_update(http, image_uri, target_uri), (_NotConnected,),
+                           BMC_UNAVAILABLE_S, _wait_between_attempts())
+
+    async def _post_simple_update(self, http: aiohttp.ClientSession, image_uri: str, target_uri: str) -> str:
         uri = f"{V1}/UpdateService/Actions/UpdateService.SimpleUpdate"
         body = {"ImageURI": image_uri, "TransferProtocol": "HTTP", "Targets": [target_uri]}
         try:
@@ -289,8 +340,10 @@ class DpuInstaller:
                 if response.status != 202 or "Location" not in response.headers:
                     raise ProvisionFailed(f"SimpleUpdate: HTTP {response.status}: {_error_text(reply)}")
                 return response.headers["Location"]
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise _NotConnected(f"SimpleUpdate failed: {describe_http_error(exc)}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise ProvisionFailed(f"SimpleUpdate failed: {exc!r}") from None
+            raise ProvisionFailed(f"SimpleUpdate failed: {describe_http_error(exc, REDFISH_TIMEOUT_S)}") from None
 
     async def _follow(self, http: aiohttp.ClientSession, provision_id: str, dpu_id: str,
                       monitor_uri: str) -> dict[str, Any]:
@@ -349,6 +402,10 @@ class DpuInstaller:
         if data is None:
             raise web.HTTPNotFound(text="no capsule with this name is being provisioned\n")
         return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _wait_between_attempts() -> RestartPolicy:
+    return RestartPolicy(initial_s=LIST_RETRY_WAIT_S, factor=1.0, max_s=LIST_RETRY_WAIT_S)
 
 
 def _error_text(body: Any) -> str:

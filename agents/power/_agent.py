@@ -16,6 +16,7 @@ from .. import _bus, _recovery
 from .._agent import Agent, CommandFailed, CommandTimeout
 from .._attestation import AttestationGate
 from .._config import ClusterConfig
+from .._http_errors import describe_http_error
 from .._workload import vm_specs
 from ._demand import DemandHistory
 from ._policy import Recommendation, carried_out, evaluate
@@ -271,5 +272,6 @@ class PowerManager(Agent):
                     body = await response.text()
                     raise BmcError(f"Reset {reset_type} of {host_id}: HTTP {response.status}: {body[:300]}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise BmcError(f"Reset {reset_type} of {host_id}: BMC unreachable at {url}: {exc!r}") from None
+            raise BmcError(f"Reset {reset_type} of {host_id}: POST {url} failed: "
+                           f"{describe_http_error(exc, REDFISH_TIMEOUT_S)}") from None
         self.log.info("power.reset", host=host_id, reset_type=reset_type)
