@@ -78,5 +78,7 @@ def run_packed(state_dir: Path, host_ids: list[str], log_level: str | None) -> i
         config.host(host_id)
     _log.configure(log_level, agent=process_name(host_ids))
     _metrics.serve(state_dir, process_name(host_ids))
-    failed = asyncio.run(run_hosts(config, host_ids))
+    from ._runner import run_to_end
+
+    failed = run_to_end(run_hosts(config, host_ids))
     return 1 if failed else 0
