@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -26,6 +27,8 @@ from _support import dcfleet_command, needs_netns, processes_mentioning
 
 
 CUT_S = 6.0
+# Longer than the 8 s an earlier installer kept asking the BMC for its DPUs.
+DPU_CUT_S = 14.0
 # nats-py pings every second and drops the connection after 3 unanswered pings.
 NOTICE_LIMIT_S = 8.0
 RECONNECT_LIMIT_S = 5.0
@@ -114,7 +117,11 @@ def cut_run(tmp_path_factory):
         seen["cut"] = subprocess.run(
             dcfleet_command("inject", "cut", "host-h1", "--for", f"{CUT_S:g}", "--state-dir", str(state)),
             capture_output=True, text=True, timeout=60)
-        time.sleep(4)
+        seen["provision_after_cut"] = timed_run(dcfleet_command("provision-dpu", "--host", "h1",
+                                                                "--state-dir", str(state)))
+        seen["provision_during_dpu_cut"] = provision_during_cut(state, "h2", "dpu", DPU_CUT_S)
+        seen["interrupted"] = interrupt_faults(state, seen["plan"])
+        time.sleep(2)
     finally:
         seen["exit_status"] = stop_up(process)
     seen["leftovers"] = leftovers(state)
@@ -125,6 +132,64 @@ def cut_run(tmp_path_factory):
     # Remove what a failed run may have left, after it was recorded for the tests.
     _netns.delete(state)
     return seen
+
+
+def timed_run(command: list[str], timeout_s: float = 180.0) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    return result, time.monotonic() - started
+
+
+def provision_during_cut(state: Path, host: str, target: str, cut_s: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Provision a host's DPU while `target` is cut off for cut_s seconds."""
+    cut = subprocess.Popen(dcfleet_command("inject", "cut", target, "--for", f"{cut_s:g}", "--state-dir", str(state)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        return timed_run(dcfleet_command("provision-dpu", "--host", host, "--state-dir", str(state)))
+    finally:
+        cut.communicate(timeout=cut_s + 60)
+
+
+def interrupt_faults(state: Path, plan) -> dict:
+    """Start long faults and interrupt each: a cut by SIGTERM, a pause by SIGTERM, a BMC hang by SIGINT,
+    and a cut through the Python API by cancelling it. Record what each left behind."""
+    seen: dict = {}
+    commands = {
+        "cut": (["cut", "host-h2"], signal.SIGTERM),
+        "pause": (["pause", "power"], signal.SIGTERM),
+        "bmc": (["bmc", "h1", "hang"], signal.SIGINT),
+    }
+    for name, (words, signum) in commands.items():
+        process = subprocess.Popen(dcfleet_command("inject", *words, "--for", "30", "--state-dir", str(state)),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=60)
+        seen[name] = (process.returncode, stdout, stderr)
+    seen["link_h2_up"] = _netns.link_is_up(plan.agents["host-h2"].link)
+    power_pid = _netns.pids_in(plan.agents["power"].namespace)[0]
+    seen["power_state"] = Path(f"/proc/{power_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    seen["redfish_after_hang"] = fetch_redfish(state)
+    seen["api_cut"] = asyncio.run(cancel_cut(state, "migration"))
+    seen["link_migration_up"] = _netns.link_is_up(plan.agents["migration"].link)
+    return seen
+
+
+async def cancel_cut(state: Path, target: str) -> str:
+    """Cancel Cluster.cut() part way; return what the cancelled call raised."""
+    cluster = await Cluster.attach(state)
+    try:
+        task = asyncio.ensure_future(cluster.cut(target, 30.0))
+        await asyncio.sleep(2)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "finished"
+    finally:
+        await cluster.close()
 
 
 def fetch(url: str, context: ssl.SSLContext | None = None, headers: dict | None = None) -> str:
@@ -169,7 +234,7 @@ def test_cut_broker_rejected(cut_run):
 @needs_netns
 def test_cut_recorded_as_fault_events(cut_run):
     assert cut_run["cut"].returncode == 0, cut_run["cut"].stderr
-    faults = [e for e in cut_run["events"] if e["type"].startswith("fault.")]
+    faults = fault_events(cut_run, "host-h1")
     assert [e["type"] for e in faults] == ["fault.injected", "fault.cleared"]
     assert faults[0]["data"]["fault"] == "cut"
     assert faults[0]["data"]["target"] == "host-h1"
@@ -177,8 +242,12 @@ def test_cut_recorded_as_fault_events(cut_run):
     assert faults[1]["time"] - faults[0]["time"] >= CUT_S
 
 
+def fault_events(cut_run, target: str) -> list[dict]:
+    return [e for e in cut_run["events"] if e["type"].startswith("fault.") and e["data"]["target"] == target]
+
+
 def cut_times(cut_run) -> tuple[float, float]:
-    faults = [e for e in cut_run["events"] if e["type"].startswith("fault.")]
+    faults = fault_events(cut_run, "host-h1")
     return faults[0]["time"], faults[1]["time"]
 
 
@@ -211,6 +280,57 @@ def test_other_agents_unaffected_by_cut(cut_run):
 
 
 @needs_netns
+def test_provision_right_after_cut_succeeds(cut_run):
+    result, elapsed_s = cut_run["provision_after_cut"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "provisioned; FirmwareInventory reports version" in result.stdout
+    # An earlier CLI waited out a 30 s request timeout when its request was lost in the cut.
+    assert elapsed_s < 25, elapsed_s
+
+
+@needs_netns
+def test_provision_survives_long_dpu_cut(cut_run):
+    result, _elapsed_s = cut_run["provision_during_dpu_cut"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "provisioned; FirmwareInventory reports version" in result.stdout
+
+
+@pytest.mark.parametrize("target, name, fault", [
+    ("host-h2", "cut", "cut"),
+    ("power", "pause", "pause"),
+    ("bmc:h1", "bmc", "bmc-hang"),
+])
+@needs_netns
+def test_interrupted_fault_cleared(cut_run, target, name, fault):
+    returncode, stdout, stderr = cut_run["interrupted"][name]
+    assert returncode in (130, 143), stdout + stderr
+    assert "interrupted" in stderr
+    faults = fault_events(cut_run, target)
+    assert [e["type"] for e in faults] == ["fault.injected", "fault.cleared"]
+    assert faults[1]["data"]["fault"] == fault
+    assert faults[1]["data"]["fault_id"] == faults[0]["data"]["fault_id"]
+    assert "interrupted" in faults[1]["data"]["outcome"]
+
+
+@needs_netns
+def test_interrupted_faults_undone(cut_run):
+    seen = cut_run["interrupted"]
+    assert seen["link_h2_up"]
+    assert seen["power_state"] != "T"
+    assert seen["redfish_after_hang"]["@odata.id"] == "/redfish/v1/"
+
+
+@needs_netns
+def test_cancelled_api_cut_cleared(cut_run):
+    seen = cut_run["interrupted"]
+    assert seen["api_cut"] == "cancelled"
+    assert seen["link_migration_up"]
+    faults = fault_events(cut_run, "migration")
+    assert [e["type"] for e in faults] == ["fault.injected", "fault.cleared"]
+    assert "interrupted" in faults[1]["data"]["outcome"]
+
+
+@needs_netns
 def test_netns_stop_leaves_nothing(cut_run):
     assert cut_run["exit_status"] == 0
     assert cut_run["leftovers"] == ([], [])
@@ -232,8 +352,9 @@ def test_crashed_supervisor_leftovers_removed_at_next_up(tmp_path):
         wait_ready(state, process)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
-        # The parent-death signal reaches the agents through `ip netns exec`.
-        deadline = time.monotonic() + 20
+        # The parent-death signal reaches the agents through `ip netns exec`. An agent gives tasks left
+        # after its stop 2 s to end, so all are gone well within 10 s.
+        deadline = time.monotonic() + 10
         while processes_mentioning(str(state)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert processes_mentioning(str(state)) == []
@@ -241,12 +362,15 @@ def test_crashed_supervisor_leftovers_removed_at_next_up(tmp_path):
         assert len(namespaces) == 6
         assert links
 
+        # A plain `up` on the same state dir removes them too.
         again = subprocess.run(
-            dcfleet_command("up", "--netns", "--netns-subnet", "10.213.12.0/24", "--hosts", "2", "--vms", "2",
-                            "--duration", "3", "--state-dir", str(state)),
+            dcfleet_command("up", "--hosts", "1", "--vms", "0", "--duration", "1", "--state-dir", str(state)),
             capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-        assert "left by an earlier run" in again.stderr
+        assert "dcfleet: 1 host, 0 VMs, time scale" in again.stdout
+        assert f"dcfleet: deleted {len(namespaces) + len(links)} network namespaces and links left by an " \
+            "earlier run" in again.stderr
+        assert not _netns.record_path(state).exists()
         assert leftovers(state) == ([], [])
         assert processes_mentioning(str(state)) == []
     finally:
@@ -267,7 +391,12 @@ def test_netns_subnet_in_use_rejected(tmp_path):
             capture_output=True, text=True, timeout=120)
         assert result.returncode == 2
         assert f"overlaps routes of this machine (10.213.13.0/24 dev {first.bridge})" in result.stderr
+        assert f"ip link delete dev {first.bridge}" in result.stderr
+        assert f"for n in {first.agents['bmc'].namespace}; do ip netns delete $n; done" in result.stderr
+        assert "cluster stopped" not in result.stdout
+        assert "deleted 0" not in result.stdout
         assert leftovers(tmp_path / "b") == ([], [])
+        assert not (tmp_path / "b").exists()
     finally:
         _netns.delete(tmp_path / "a")
     assert leftovers(tmp_path / "a") == ([], [])
