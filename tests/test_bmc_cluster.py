@@ -6,6 +6,7 @@ BMC's download timeout is shortened to 2 s through DCFLEET_BMC_DOWNLOAD_TIMEOUT_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,11 +21,14 @@ from pathlib import Path
 import pytest
 import requests
 
+import proto
 from _support import REPO, SHARED, dcfleet_command, processes_mentioning
 from agents import capsule
+from agents._client import cluster_client
 from agents._capsule_keys import load_signer, next_monotonic_count
 from agents._supervise import PidRegistry
 from agents.host._dpu_catalog import fw_version_of
+from proto import subjects
 
 V1 = "/redfish/v1"
 DPU_OS_URI = f"{V1}/UpdateService/FirmwareInventory/h1-dpu_os"
@@ -182,6 +186,34 @@ def test_provision_dpu_unknown_image_exits_2(cluster):
     )
     assert result.returncode == 2
     assert "no image 'bf2-mgmt-os-1.9.0' for DPU model 'BlueField-3'" in result.stderr
+
+
+def test_repeated_provision_request_starts_once(cluster):
+    replies = asyncio.run(send_provision_twice(cluster.state, "bf3-mgmt-os-2.2.0"))
+    assert replies[0] == replies[1]
+    assert replies[2] == replies[0]
+    provision = replies[0]["provisions"][0]["provision"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        events = [e for e in read_events(cluster.state, "dpu.provision*") if e["data"]["provision"] == provision]
+        if events and events[-1]["type"] == "dpu.provisioned":
+            break
+        time.sleep(1)
+    assert [e["type"] for e in events].count("dpu.provision_started") == 1
+    assert events[-1]["type"] == "dpu.provisioned"
+    started = read_events(cluster.state, "dpu.provision_started")
+    assert sum(e["data"]["provision"] == provision for e in started) == 1
+
+
+async def send_provision_twice(state: Path, image: str) -> list[dict]:
+    """Send one provision request id twice at once and a third time after the replies; return the replies."""
+    message = proto.HostProvisionDpu(image=image, request_id=uuid.uuid4().hex)
+    subject = subjects.host_command("h1", "provision_dpu")
+    async with cluster_client(str(state), None) as client:
+        first, second = await asyncio.gather(client.request(subject, message, 60.0),
+                                             client.request(subject, message, 60.0))
+        third = await client.request(subject, message, 60.0)
+    return [first, second, third]
 
 
 # ---- failed updates keep the installed OS --------------------------------------------
