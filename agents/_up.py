@@ -85,6 +85,10 @@ def build_config(options: UpOptions) -> ClusterConfig:
     vm_count = options.vms if options.vms is not None else 4 * options.hosts
     if vm_count < 0:
         raise ConfigError(f"--vms must not be negative, got {vm_count}")
+    if vm_count and options.vm_memory_bytes > options.host_memory_bytes:
+        raise ConfigError(f"--vm-memory {options.vm_memory_bytes} bytes is more than --host-memory "
+                          f"{options.host_memory_bytes} bytes, so no VM fits on a host; lower --vm-memory "
+                          "or raise --host-memory")
     trace_dir = options.trace_dir or default_trace_dir()
     traces = load_traces(trace_dir, limit=vm_count) if vm_count else []
     if len(traces) < vm_count:

@@ -141,6 +141,7 @@ def _feature_modules() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log.quiet_tls_close()
     try:
         return _dispatch(args)
     except (ConfigError, TraceError, NatsServerError) as exc:

@@ -130,3 +130,13 @@ def test_second_run_starts_hosts_empty(tmp_path):
     check = subprocess.run(dcfleet_command("check", "--state-dir", str(state)), capture_output=True, text=True,
                            timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_up_rejects_vm_larger_than_host(tmp_path):
+    result = subprocess.run(
+        dcfleet_command("up", "--state-dir", str(tmp_path / "state"), "--hosts", "2", "--vms", "1",
+                        "--host-memory", "16M", "--vm-memory", "32M", "--duration", "5"),
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "no VM fits on a host" in result.stderr
+    assert not (tmp_path / "state" / "cluster.json").exists()
