@@ -31,6 +31,9 @@ MAX_OUTSTANDING_PINGS = 3
 PUBLISH_RETRY_S = 60.0
 # How long a stopping agent tries to store its agent.stopped event.
 STOP_EVENT_TIMEOUT_S = 5.0
+# How long a stop may take before the process exits anyway. `dcfleet up` kills an
+# agent after 10 s; an agent whose supervisor died must not outlive it either.
+STOP_DEADLINE_S = 8.0
 PUBLISH_RETRY_ERRORS = (nats.errors.TimeoutError, nats.errors.NoRespondersError,
                         nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError,
                         asyncio.TimeoutError)
@@ -172,8 +175,16 @@ class Agent:
         await _bus.on_agent_bus_error(self, exc)
 
     def request_stop(self, reason: str = "requested") -> None:
+        if not self._stopping.is_set():
+            # A stop can hang on a broker that died with a killed supervisor (a start still
+            # reading the stream, a drain): past the deadline, leave without the clean steps.
+            asyncio.get_running_loop().call_later(STOP_DEADLINE_S, self._stop_overdue)
         self._stop_reason = reason
         self._stopping.set()
+
+    def _stop_overdue(self) -> None:
+        self.log.error("agent.stop_overdue", reason=self._stop_reason, deadline_s=STOP_DEADLINE_S)
+        os._exit(1)
 
     async def _shutdown(self) -> None:
         try:

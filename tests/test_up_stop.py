@@ -3,6 +3,7 @@
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -98,3 +99,22 @@ def test_plural(count, text):
 def test_plural_irregular():
     assert plural(1, "process", "processes") == "1 process"
     assert plural(3, "process", "processes") == "3 processes"
+
+
+def test_agent_stop_past_deadline_exits():
+    # An agent whose stop hangs (here: a stop that never ends) exits once the deadline passes.
+    script = (
+        "import asyncio, structlog, agents._agent as a\n"
+        "a.STOP_DEADLINE_S = 0.3\n"
+        "async def main():\n"
+        "    agent = a.Agent.__new__(a.Agent)\n"
+        "    agent._stopping, agent._stop_reason, agent.log = asyncio.Event(), '', structlog.get_logger()\n"
+        "    agent.request_stop('test')\n"
+        "    await asyncio.sleep(30)\n"
+        "asyncio.run(main())\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert "agent.stop_overdue" in result.stdout + result.stderr
+    assert time.monotonic() - started < 10
