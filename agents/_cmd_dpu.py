@@ -107,7 +107,7 @@ async def request_provision(client: ClusterClient, host: str, image: str) -> dic
     Waits up to HOST_RESPONSE_TIMEOUT_S for the host to respond to a status
     request, then sends the provision request under one request id, again
     after each PROVISION_ATTEMPT_S without a reply. Raises CommandTimeout
-    when the host does not answer and CommandFailed for an error reply.
+    when the host does not reply and CommandFailed for an error reply.
     """
     status_subject = subjects.host_command(host, "status")
     try:
@@ -125,7 +125,7 @@ async def request_provision(client: ClusterClient, host: str, image: str) -> dic
 
 
 class HostNotResponding(CommandTimeout):
-    """The host answered no status request in time: its agent is down or cut off."""
+    """The host replied to no status request in time, so its agent is down or cut off."""
 
 
 def _attempt_wait() -> RestartPolicy:

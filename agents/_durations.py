@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# Longest fault: one hour. A longer one is most likely a typo, and it would
+# Maximum fault duration: one hour. A longer one is most likely a typo, and it would
 # outlast the run that injected it.
 MAX_FAULT_S = 3600.0
-# Longest response delay of a BMC in mode slow (the BMC agent rejects more).
+# Maximum response delay of a BMC in mode slow (the BMC agent rejects more).
 MAX_DELAY_S = 300.0
 
 

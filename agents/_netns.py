@@ -117,7 +117,7 @@ def preflight() -> None:
 
 
 def namespaces() -> list[str]:
-    """Names of the namespaces `ip netns` knows."""
+    """Names of the namespaces that `ip netns` lists."""
     return [line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line.strip()]
 
 
@@ -219,8 +219,8 @@ def delete(state_dir: str | Path) -> Deleted:
         stopped = _stop_processes_in(namespace)
         if stopped:
             deleted.stopped[namespace] = stopped
-    # Deleting the root-side end of a veth pair deletes both ends at once; a deleted namespace would
-    # destroy its end only later, from the kernel's cleanup work.
+    # Deleting the root-side end of a veth pair deletes both ends at once. A deleted namespace
+    # destroys its end only later, in the kernel's cleanup work.
     for link in links():
         if link.startswith(link_prefix):
             _delete_link(link)

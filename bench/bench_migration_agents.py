@@ -4,7 +4,7 @@ Starts a nats-server, two host agent processes and the migration coordinator
 (the processes `dcfleet up` runs), creates an idle VM on h1 and migrates it
 back and forth with the coordinator, waiting after each run until the new host
 has saved the VM's image. The first run writes into memory the destination
-process never touched, so it also pays for the page faults; it is printed on
+process never touched, so it also pays for the page faults. It is printed on
 its own beside the median of all runs. The baseline, in the same run and on the same server,
 is one nats-py process publishing chunks of the agents' page-batch size to
 another under the agents' credit window (the same unacknowledged limit, an

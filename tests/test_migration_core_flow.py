@@ -7,10 +7,10 @@ from agents.migration_core import AckOutOfRange, CreditWindow
 
 def test_window_limits_unacked_batches():
     flow = CreditWindow(window=4, ack_every=2)
-    asked = []
+    requested = []
     while flow.can_send():
-        asked.append(flow.next_batch(last_of_pass=False))
-    assert asked == [(1, False), (2, True), (3, False), (4, True)]
+        requested.append(flow.next_batch(last_of_pass=False))
+    assert requested == [(1, False), (2, True), (3, False), (4, True)]
     assert flow.in_flight == 4
     flow.on_ack(2)
     assert flow.in_flight == 2

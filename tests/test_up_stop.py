@@ -3,7 +3,6 @@
 import asyncio
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -113,8 +112,7 @@ def test_agent_stop_past_deadline_exits():
         "    await asyncio.sleep(30)\n"
         "asyncio.run(main())\n"
     )
-    started = time.monotonic()
+    # Without the deadline the script sleeps 30 s, past this timeout.
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
     assert result.returncode == 1
     assert "agent.stop_overdue" in result.stdout + result.stderr
-    assert time.monotonic() - started < 10

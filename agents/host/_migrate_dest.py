@@ -94,6 +94,7 @@ class MigrationDestinationMixin:
     async def _on_batch(self, incoming: Incoming, msg: Any) -> None:
         if incoming.rejected is not None:
             # The migration failed here already; the event went out with the first rejection.
+            self.log.debug("migration.batch_dropped", migration=incoming.migration, error=incoming.rejected)
             await self._reply(msg, proto.Reply(ok=False, error=f"rejected: {incoming.rejected}"))
             return
         try:
