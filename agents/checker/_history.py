@@ -18,8 +18,11 @@ from .._bus import operator_options_for
 from .._config import ConfigError
 from .._events import format_event
 from .._locate import broker_url
+from .._supervise import retry
 
 READ_TIMEOUT_S = 20.0
+# How long reading retries stream_info, e.g. while the brokers elect a new stream leader.
+LEADER_WAIT_S = 20.0
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -53,7 +56,9 @@ async def read_stream(state_dir: str | None, nats_url: str | None) -> list[dict[
 async def _read_all(nc: Any) -> list[dict[str, Any]]:
     js = nc.jetstream()
     try:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
+        # Right after a broker node dies, the stream has no leader until the others elect one.
+        info = await retry(lambda: js.stream_info(subjects.EVENTS_STREAM),
+                           (nats.errors.TimeoutError, asyncio.TimeoutError), LEADER_WAIT_S)
     except NotFoundError:
         raise ConfigError(f"the broker has no {subjects.EVENTS_STREAM} stream; is this a dcfleet cluster?") from None
     last_seq = info.state.last_seq
